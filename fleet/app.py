@@ -1,0 +1,146 @@
+"""What the Invoke tasks call: load and check everything, run, report, pick an exit code.
+tasks.py stays a thin layer of arguments and docstrings over these functions."""
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+from . import inventory as inventory_mod
+from . import patterns, state
+from .compile import compile_plans, host_vars
+from .connection import ConnectOptions
+from .errors import InputError
+from .git import RefResolver
+from .inventory import Inventory
+from .report import Reporter, write_json
+from .results import RunResult
+from .roles import PROJECT, RoleSet
+from .runner import RunOptions, Stop, run_fleet
+from .secrets import CourseSecrets, Masker
+from .variables import parse_set
+
+console = Console(highlight=False)
+
+
+def default_inventory() -> str:
+    if os.environ.get("FLEET_INVENTORY"):
+        return os.environ["FLEET_INVENTORY"]
+    local = PROJECT / "inventory" / "local.yml"  # written by `invoke demo`
+    return str(local if local.exists() else PROJECT / "inventory" / "aws-lab.yml")
+
+
+def load_inventory(source: str | None) -> Inventory:
+    source = source or default_inventory()
+    if source.startswith("aws:"):
+        from .cloud import inventory_hosts  # boto3 only when asked for
+
+        course = source[4:]
+        data = inventory_hosts(course)
+        data.setdefault("name", course)
+        return inventory_mod.from_data(data, source)
+    return inventory_mod.load(source)
+
+
+@dataclass
+class Session:
+    """Everything one command needs, built before any host is touched."""
+
+    inventory: Inventory
+    roleset: RoleSet
+    masker: Masker
+    secrets: CourseSecrets
+
+    @classmethod
+    def open(cls, inventory: str | None) -> "Session":
+        inv = load_inventory(inventory)
+        masker = Masker()
+        return cls(inv, RoleSet(), masker, CourseSecrets(state.state_dir() / "secrets", inv.name, masker))
+
+    def select(self, pattern: str) -> list[str]:
+        return patterns.select(self.inventory, pattern, state.last_failed(self.inventory.source))
+
+
+def connect_options(insecure_host_keys: bool = False, sudo_password: str | None = None,
+                    connect_timeout: int = 10, command_timeout: int = 1800) -> ConnectOptions:
+    return ConnectOptions(known_hosts=state.state_dir() / "known_hosts", strict_host_keys=not insecure_host_keys,
+                          sudo_password=sudo_password, connect_timeout=connect_timeout, command_timeout=command_timeout)
+
+
+@contextmanager
+def sigint_stops(stop: Stop) -> Iterator[None]:
+    """First Ctrl-C: start no new hosts, let running scripts finish. Second: abort."""
+    def handler(signum, frame):
+        if stop.event.is_set():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        console.print("[magenta]interrupted: no new hosts will start; waiting for running scripts "
+                      "(Ctrl-C again to abort)[/]")
+        stop.set("interrupted by Ctrl-C", interrupted=True)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def provision(hosts: str, inventory: str | None = None, roles: str | None = None, check: bool = False,
+              diff: bool = False, set_: list[str] | None = None, json_path: str | None = None,
+              parallel: int = 20, max_fail: str | None = None, verify: bool = False,
+              insecure_host_keys: bool = False, sudo_password: str | None = None,
+              connect_timeout: int = 10, command_timeout: int = 1800, verbose: bool = False,
+              out: Console | None = None) -> RunResult:
+    session = Session.open(inventory)
+    names = session.select(hosts)
+    only = [r.strip() for r in roles.split(",") if r.strip()] if roles else None
+    resolver = RefResolver()
+    plans = compile_plans(session.inventory, names, roleset=session.roleset, overrides=parse_set(set_ or []),
+                          only_roles=only, secrets=session.secrets, masker=session.masker, resolver=resolver)
+    if sudo_password:
+        session.masker.add(sudo_password)
+    _check_max_fail(max_fail)
+    options = RunOptions(connect=connect_options(insecure_host_keys, sudo_password, connect_timeout, command_timeout),
+                         check=check, diff=diff, verify=verify, parallel=parallel, max_fail=max_fail,
+                         masker=session.masker)
+    stop = Stop()
+    reporter = Reporter(out or console, show_diff=diff, verbose=verbose)
+    with reporter, sigint_stops(stop):
+        reporter.start(len(plans), "checking" if check else "provisioning")
+        run = run_fleet(plans, options, stop, on_start=reporter.host_started, on_done=reporter.host_done)
+    reporter.recap(run)
+    if not check:
+        state.remember_failed(session.inventory.source, run.failed)
+    if json_path:
+        write_json(run, json_path)
+    return run
+
+
+def _check_max_fail(value: str | None) -> None:
+    if value is None:
+        return
+    text = str(value).strip().rstrip("%")
+    if not text.replace(".", "", 1).isdigit():
+        raise InputError(f"expected a count or a percentage like 20%, got {value!r}", key="--max-fail")
+
+
+def show_vars(host: str, inventory: str | None = None, set_: list[str] | None = None) -> Table:
+    session = Session.open(inventory)
+    if host not in session.inventory.hosts:
+        raise InputError(f"unknown host {host!r} in {session.inventory.source}", key="--host")
+    merged = host_vars(session.inventory, host, session.roleset, parse_set(set_ or []), session.secrets)
+    for key, var in merged.items():
+        if any(part in key for part in ("token", "password", "secret")) and var.value:
+            session.masker.add(var.value)
+    table = Table(title=f"Variables for {host}", show_edge=False)
+    for column in ("name", "value", "from"):
+        table.add_column(column)
+    for key in sorted(merged):
+        var = merged[key]
+        table.add_row(key, session.masker(repr(var.value)), var.source)
+    return table

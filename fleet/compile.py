@@ -1,0 +1,88 @@
+"""The controller-side phase: variables, specs, templates and steps for every selected host,
+all checked before a single connection is opened."""
+from __future__ import annotations
+
+from functools import partial
+
+from .errors import InputError, InputErrors
+from .git import RefResolver
+from .inventory import Inventory
+from .roles import HostPlan, RoleContext, RoleSet, Templates
+from .secrets import CourseSecrets, Masker
+from .steps import Handler, Step, Verify
+from .variables import HostVars, Var, inventory_layers, merge, render
+
+
+def host_vars(inventory: Inventory, name: str, roleset: RoleSet, overrides: dict,
+              secrets: CourseSecrets) -> dict[str, Var]:
+    host = inventory.hosts[name]
+    builtin = {"inventory_hostname": name, "host_address": host.address, "course": inventory.name}
+    layers = [("built-in", builtin)] + roleset.default_layers() + inventory_layers(inventory, host)
+    layers.append(("--set", overrides))
+    functions = {"host_secret": partial(secrets.host_secret, name), "argon2": partial(secrets.argon2_hash, name)}
+    return render(merge(layers), functions)
+
+
+def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, overrides: dict,
+                  only_roles: list[str] | None, secrets: CourseSecrets, masker: Masker,
+                  resolver: RefResolver | None = None, templates: Templates | None = None) -> dict[str, HostPlan]:
+    """Build every host's plan, or raise one InputErrors listing everything wrong."""
+    resolver = resolver or RefResolver()
+    templates = templates or Templates()
+    if only_roles:
+        roleset.check_names(only_roles, "--roles")
+    plans: dict[str, HostPlan] = {}
+    errors: list[InputError] = []
+    for name in hosts:
+        try:
+            merged = host_vars(inventory, name, roleset, overrides, secrets)
+            roles = list(merged["roles"].value or [])
+            roleset.check_names(roles, merged["roles"].source)
+            if only_roles:
+                roles = [r for r in roles if r in only_roles] if merged["roles"].value else list(only_roles)
+            problems = roleset.validate(name, roles, merged)
+            if problems:
+                errors += problems
+                continue
+            values = HostVars.from_merged(merged)
+            masker.add_vars(values)
+            for role in roles:
+                for knob, rule in roleset.roles[role].spec.items():
+                    if rule.get("secret") and values.get(knob):
+                        masker.add(values[knob])
+            plans[name] = _role_steps(name, inventory.hosts[name], values, roles, roleset, templates, resolver, secrets)
+        except InputErrors as exc:
+            errors += exc.errors
+        except InputError as exc:
+            errors.append(exc)
+    if errors:
+        unique = list({str(e): e for e in errors}.values())
+        raise unique[0] if len(unique) == 1 else InputErrors(unique)
+    return plans
+
+
+def _role_steps(name: str, host, values: HostVars, roles: list[str], roleset: RoleSet,
+                templates: Templates, resolver: RefResolver, secrets: CourseSecrets) -> HostPlan:
+    plan = HostPlan(host=host, vars=values, roles=roles)
+    for role in roles:
+        ctx = RoleContext(role=role, vars=values, templates=templates, resolver=resolver, host=name, secrets=secrets)
+        try:
+            items = roleset.roles[role].module.steps(values, ctx)
+        except InputError as exc:
+            where = exc.file or f"roles/{role}"
+            raise InputError(f"{exc.detail} (host {name})", file=where, key=exc.key) from None
+        for item in items:
+            if isinstance(item, Handler):
+                plan.handlers.append(item)
+            elif isinstance(item, Verify):
+                plan.verifies.append((role, item))
+            elif isinstance(item, Step):
+                plan.steps.append((role, item))
+            else:
+                raise TypeError(f"roles/{role}: steps() returned {item!r}")
+    handler_names = {h.name for h in plan.handlers}
+    for role, step in plan.steps:
+        for wanted in step.notify:
+            if wanted not in handler_names:
+                raise InputError(f"step {step.name!r} notifies unknown handler {wanted!r}", file=f"roles/{role}")
+    return plan

@@ -1,0 +1,192 @@
+"""The two scripts a host receives: one batched probe of facts, one batched apply.
+
+Both travel on the SSH channel's stdin to `bash -s` (as root through sudo), so file
+contents and secrets never appear in a process's arguments. Sections of output are
+delimited by a random marker the script cannot print by accident.
+"""
+from __future__ import annotations
+
+import secrets as _random
+from dataclasses import dataclass, field
+from typing import Any
+
+from .facts import Fact
+from .shell import as_user, q
+from .steps import KEPT, STATE_DIR, Handler, Outcome, Step, Verify
+
+PRELUDE = r"""
+set -u
+umask 022
+export LC_ALL=C DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+mark() { printf '\n@@%s@@ %s\n' "$__N" "$*"; }
+"""
+
+APPLY_FUNCTIONS = r"""
+mkdir -p STATE/pending
+# Atomic write: content to a temp file beside the target, synced, then renamed over it.
+__put() {
+  local dest=$1 mode=$2 owner=$3 group=$4 tmp
+  mkdir -p "$(dirname "$dest")"
+  tmp=$(mktemp "$(dirname "$dest")/.fleet-tmp.XXXXXX") || return 1
+  printf %s "$5" | base64 -d > "$tmp" && chmod "$mode" "$tmp" && chown "$owner:$group" "$tmp" \
+    && sync "$tmp" && mv -f "$tmp" "$dest" || { rm -f "$tmp"; return 1; }
+}
+# apt with a bounded wait for the dpkg lock: fresh cloud images run unattended upgrades at boot.
+__apt() {
+  local timeout=$1; shift
+  apt-get -q -o DPkg::Lock::Timeout="$timeout" -o Acquire::Retries=3 "$@" 2>&1 | grep -v '^\(Reading\|Building\|Get:\|Hit:\|Ign:\|Fetched\|Selecting\|Preparing\|Unpacking\|Setting up\|Processing\)'
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ] && [ "$timeout" -gt 0 ]; then
+    __lock_holder
+  fi
+  return "$rc"
+}
+__lock_holder() {
+  python3 - <<'PY' 2>/dev/null
+import fcntl, struct, os
+for path in ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock"):
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        continue
+    lk = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+    kind, _, _, _, pid = struct.unpack("hhqqi", lk)
+    if kind != fcntl.F_UNLCK:
+        try:
+            name = open(f"/proc/{pid}/comm").read().strip()
+        except OSError:
+            name = "?"
+        print(f"dpkg lock {path} is held by process {pid} ({name})")
+PY
+}
+# Bounded retries for network installs, so a slow registry does not fail a run.
+__retry() {
+  local n=$1 i; shift
+  for i in $(seq "$n"); do "$@" && return 0; [ "$i" -lt "$n" ] && sleep $((i * 2)); done
+  return 1
+}
+""".replace("STATE", STATE_DIR)
+
+
+def _nonce() -> str:
+    return _random.token_hex(8)
+
+
+@dataclass
+class Probe:
+    facts: list[Fact]
+    verifies: list[Verify]
+    nonce: str = field(default_factory=_nonce)
+
+    def script(self) -> str:
+        parts = [f"__N={self.nonce}", PRELUDE]
+        for index, fact in enumerate(self.facts):
+            parts.append(f"mark fact {index}\n( {fact.command}\n) 2>&1")
+        for index, verify in enumerate(self.verifies):
+            parts.append(f"mark verify {index}\n{_verify_body(verify, attempts=1)}\nmark rc $?")
+        parts.append(f"mark pending\nls -1 {STATE_DIR}/pending 2>/dev/null\nmark done")
+        return "\n".join(parts) + "\n"
+
+    def parse(self, output: str) -> tuple[dict[str, Any], dict[int, tuple[bool, str]], set[str], dict[str, str]]:
+        """Parsed facts by key, verify results by index, pending handler markers, and fact errors."""
+        sections = split_sections(output, self.nonce)
+        facts: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        verifies: dict[int, tuple[bool, str]] = {}
+        pending: set[str] = set()
+        for header, body in sections:
+            kind, _, rest = header.partition(" ")
+            if kind == "fact":
+                fact = self.facts[int(rest)]
+                try:
+                    facts[fact.key] = fact.parse(body)
+                except Exception as exc:  # a parser meeting odd output fails the steps that need it
+                    errors[fact.key] = f"could not read fact {fact.key}: {exc}: {body.strip()[:200]}"
+            elif kind == "verify":
+                verifies[int(rest)] = (False, body)
+            elif kind == "rc":
+                index = max(verifies)
+                verifies[index] = (rest.strip() == "0", verifies[index][1])
+            elif kind == "pending":
+                pending = {line.strip() for line in body.splitlines() if line.strip()}
+        return facts, verifies, pending, errors
+
+
+def split_sections(output: str, nonce: str) -> list[tuple[str, str]]:
+    marker = f"\n@@{nonce}@@ "
+    chunks = ("\n" + output).split(marker)
+    sections = []
+    for chunk in chunks[1:]:
+        header, _, body = chunk.partition("\n")
+        sections.append((header.strip(), body))
+    return sections
+
+
+def _verify_body(verify: Verify, attempts: int) -> str:
+    body = as_user(verify.user, verify.script)
+    if attempts <= 1:
+        return f"( {body}\n) 2>&1"
+    return f"( for __i in $(seq {attempts}); do ( {body}\n) >/tmp/.fleet-verify.$$ 2>&1 && break; sleep 1; done; " \
+           f"__rc=$?; cat /tmp/.fleet-verify.$$; rm -f /tmp/.fleet-verify.$$; exit $__rc )"
+
+
+@dataclass
+class Change:
+    index: int
+    step: Step
+    outcome: Outcome
+
+
+@dataclass
+class Apply:
+    changes: list[Change]
+    handlers: list[Handler]
+    notified: set[str]          # handler markers to set or honour
+    verifies: list[Verify]
+    nonce: str = field(default_factory=_nonce)
+
+    def script(self) -> str:
+        parts = [f"__N={self.nonce}", PRELUDE, APPLY_FUNCTIONS]
+        for change in self.changes:
+            markers = [h.marker for h in self.handlers if h.name in change.step.notify]
+            # The pending marker is set before the change, so a cut mid-change still restarts next run.
+            touch = f"touch {' '.join(map(q, markers))}\n" if markers else ""
+            body = "\n".join(change.outcome.commands)
+            stop = "" if not change.step.critical else f"if [ $__rc -ne 0 ] && [ $__rc -ne {KEPT} ]; then mark abort; exit 1; fi\n"
+            parts.append(f"mark step {change.index}\n{touch}( set -e\n{body}\n) 2>&1 </dev/null\n"
+                         f"__rc=$?; mark rc $__rc\n{stop}")
+        for handler in self.handlers:
+            if handler.marker in self.notified:
+                parts.append(f"if [ -e {q(handler.marker)} ]; then mark handler {handler.name}\n"
+                             f"( set -e\n{handler.command}\n) 2>&1 </dev/null\n__rc=$?; mark rc $__rc\n"
+                             f"[ $__rc -eq 0 ] && rm -f {q(handler.marker)}; fi")
+        for index, verify in enumerate(self.verifies):
+            parts.append(f"mark verify {index}\n{_verify_body(verify, verify.attempts)} </dev/null\nmark rc $?")
+        parts.append("mark done")
+        return "\n".join(parts) + "\n"
+
+    def parse(self, output: str) -> dict[str, Any]:
+        """{'steps': {index: (rc, output)}, 'handlers': {name: (rc, output)}, 'verifies': {i: (ok, output)},
+        'aborted': bool, 'done': bool}"""
+        result: dict[str, Any] = {"steps": {}, "handlers": {}, "verifies": {}, "aborted": False, "done": False}
+        current: tuple[str, Any] | None = None
+        text = ""
+        for header, body in split_sections(output, self.nonce):
+            kind, _, rest = header.partition(" ")
+            if kind in ("step", "handler", "verify"):
+                current, text = (kind, int(rest) if kind != "handler" else rest), body
+            elif kind == "rc" and current:
+                rc = int(rest)
+                table = {"step": "steps", "handler": "handlers", "verify": "verifies"}[current[0]]
+                result[table][current[1]] = (rc == 0) if current[0] == "verify" else rc
+                result[table + "_output"] = result.get(table + "_output", {})
+                result[table + "_output"][current[1]] = (text + body).strip()
+                current = None
+            elif kind == "abort":
+                result["aborted"] = True
+            elif kind == "done":
+                result["done"] = True
+        if current:  # the script ended inside a step: the host died or the connection was cut
+            result["cut"] = current
+            result["cut_output"] = text
+        return result

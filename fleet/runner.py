@@ -1,0 +1,238 @@
+"""Runs plans on hosts: per host one connection, one probe, one apply; hosts in parallel.
+
+A failing or unreachable host never stops the others. `max_fail` stops starting new hosts
+once too many failed; SIGINT does the same and lets scripts already running finish.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .connection import ConnectOptions, ConnectionCut, HostConnection, Unreachable
+from .remote import Apply, Change, Probe
+from .results import HostResult, RunResult, StepResult
+from .roles import HostPlan
+from .secrets import Masker
+from .steps import KEPT, Outcome
+
+
+@dataclass
+class RunOptions:
+    connect: ConnectOptions
+    check: bool = False
+    diff: bool = False
+    verify: bool = False          # run every verification, not only those of changed roles
+    parallel: int = 20
+    max_fail: str | None = None   # "3" hosts or "20%"
+    masker: Masker = field(default_factory=Masker)
+
+
+class Stop:
+    """Shared by workers: set once SIGINT arrives or max_fail is exceeded."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: str | None = None
+        self.interrupted = False
+
+    def set(self, reason: str, interrupted: bool = False) -> None:
+        if not self.event.is_set():
+            self.reason, self.interrupted = reason, interrupted
+            self.event.set()
+
+
+def run_fleet(plans: dict[str, HostPlan], options: RunOptions, stop: Stop | None = None,
+              on_start: Callable[[str], None] | None = None,
+              on_done: Callable[[HostResult], None] | None = None) -> RunResult:
+    stop = stop or Stop()
+    started = time.monotonic()
+    results: dict[str, HostResult] = {}
+    names = list(plans)
+    limit = _fail_limit(options.max_fail, len(names))
+    lock = threading.Lock()
+    queue = iter(names)
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if stop.event.is_set():
+                    return
+                name = next(queue, None)
+            if name is None:
+                return
+            if on_start:
+                on_start(name)
+            result = run_host(plans[name], options, stop)
+            with lock:
+                results[name] = result
+                failures = sum(1 for r in results.values() if r.status in ("failed", "unreachable"))
+                if limit is not None and failures > limit:
+                    stop.set(f"--max-fail {options.max_fail} exceeded: {failures} hosts failed; no new hosts started")
+            if on_done:
+                on_done(result)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(options.parallel, len(names)))) as pool:
+        for _ in range(max(1, min(options.parallel, len(names)))):
+            pool.submit(worker)
+    for name in names:
+        if name not in results:
+            results[name] = HostResult(name, "skipped", error=f"not started: {stop.reason}")
+    ordered = {name: results[name] for name in names}
+    return RunResult(ordered, check=options.check, stopped_reason=stop.reason, interrupted=stop.interrupted,
+                     seconds=time.monotonic() - started)
+
+
+def _fail_limit(max_fail: str | None, total: int) -> int | None:
+    if not max_fail:
+        return None
+    text = str(max_fail).strip()
+    if text.endswith("%"):
+        return int(total * float(text[:-1]) / 100)
+    return int(text)
+
+
+def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:
+    mask = options.masker
+    result = HostResult(plan.host.name)
+    started = time.monotonic()
+    conn = None
+    try:
+        conn = HostConnection(plan.host, options.connect)
+        conn.open()
+        _converge(plan, options, stop, conn, result)
+    except ConnectionCut as exc:
+        result.status, result.error = "unreachable", mask(f"{exc} (output so far: {exc.output.strip()[-300:]})")
+    except Unreachable as exc:
+        result.status, result.error = "unreachable", mask(str(exc))
+    except Exception as exc:  # a bug or an odd host must not stop the other hosts
+        result.status, result.error = "failed", mask(f"{exc.__class__.__name__}: {exc}")
+    finally:
+        if conn:
+            result.connections, result.commands = conn.connections, conn.commands
+            conn.close()
+        result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: HostConnection, result: HostResult) -> None:
+    mask = options.masker
+    facts_wanted = {}
+    for _, step in plan.steps:
+        for fact in step.facts(diff=options.diff or options.check):
+            facts_wanted.setdefault(fact.key, fact)
+    every_run = [v for _, v in plan.verifies if v.every_run]
+    probe = Probe(list(facts_wanted.values()), every_run)
+    rc, output = conn.run_script(probe.script())
+    if "@@" + probe.nonce + "@@ done" not in output:
+        result.status, result.error = "failed", mask(f"probe failed (exit {rc}): {output.strip()[-500:]}")
+        return
+    facts, probe_verifies, pending, fact_errors = probe.parse(output)
+
+    changes: list[Change] = []
+    failed_roles: set[str] = set()
+    for index, (role, step) in enumerate(plan.steps):
+        if role in failed_roles:
+            result.steps.append(StepResult(role, step.name, "skipped", "not run: an earlier step of this role failed"))
+            continue
+        missing = [fact_errors[f.key] for f in step.facts(diff=options.diff or options.check) if f.key in fact_errors]
+        outcome = Outcome(False, "; ".join(missing), failed=True) if missing else step.plan(facts)
+        if outcome.failed:
+            result.steps.append(StepResult(role, step.name, "failed", mask(outcome.message)))
+            if step.critical:
+                failed_roles.add(role)
+            continue
+        if outcome.changed:
+            changes.append(Change(index, step, outcome))
+            status = "would change" if options.check else "changed"
+        else:
+            status = "ok"
+        diff = mask(outcome.diff) if not step.secret else ("(secret content: diff hidden)" if outcome.diff else None)
+        result.steps.append(StepResult(role, step.name, status, mask(outcome.message), diff))
+
+    notified = {h.marker for h in plan.handlers for c in changes if h.name in c.step.notify}
+    notified |= {h.marker for h in plan.handlers if h.marker.rsplit("/", 1)[-1] in pending}
+    changed_roles = {plan.steps[c.index][0] for c in changes}
+
+    if options.check:
+        result.handlers = [h.name for h in plan.handlers if h.marker in notified]
+        result.verifies = [{"name": v.name, "ok": probe_verifies[i][0], "output": mask(probe_verifies[i][1].strip()[-500:])}
+                           for i, v in enumerate(every_run)]
+        drift = changes or notified or any(not v["ok"] for v in result.verifies)
+        result.status = "failed" if any(s.status == "failed" for s in result.steps) else ("drift" if drift else "ok")
+        return
+
+    verifies = [v for role, v in plan.verifies if options.verify or v.every_run or role in changed_roles]
+    if stop.event.is_set() and (changes or notified):
+        result.status, result.error = "interrupted", "interrupted before applying changes"
+        return
+    if changes or notified or any(not v.every_run for v in verifies):
+        apply = Apply(changes, plan.handlers, notified, verifies)
+        rc, output = _run_apply(conn, apply)
+        _record_apply(apply, apply.parse(output), plan, result, mask)
+    else:
+        result.verifies = [{"name": v.name, "ok": probe_verifies[i][0], "output": mask(probe_verifies[i][1].strip()[-500:])}
+                           for i, v in enumerate(every_run)]
+    failed = any(s.status == "failed" for s in result.steps) or any(not v["ok"] for v in result.verifies)
+    if failed:
+        result.status = "failed"
+        if not result.error:
+            bad = [s for s in result.steps if s.status == "failed"] or []
+            bad_verifies = [v["name"] for v in result.verifies if not v["ok"]]
+            result.error = "; ".join([f"{s.name}: {s.message}" for s in bad][:3] + [f"verify failed: {n}" for n in bad_verifies])
+    elif any(s.status == "changed" for s in result.steps) or result.handlers:
+        result.status = "changed"
+
+
+def _run_apply(conn: HostConnection, apply: Apply) -> tuple[int, str]:
+    try:
+        return conn.run_script(apply.script())
+    except ConnectionCut as exc:
+        exc.output = exc.output  # keep partial output for the message
+        raise
+
+
+def _record_apply(apply: Apply, parsed: dict, plan: HostPlan, result: HostResult, mask: Masker) -> None:
+    by_index = {r_index: r for r_index, r in enumerate(result.steps)}
+    step_rows = {}
+    row = 0
+    for index, (role, step) in enumerate(plan.steps):
+        step_rows[index] = row
+        row += 1
+    outputs = parsed.get("steps_output", {})
+    aborted_after = None
+    for change in apply.changes:
+        record = by_index[step_rows[change.index]]
+        if change.index in parsed["steps"]:
+            rc = parsed["steps"][change.index]
+            text = mask(outputs.get(change.index, ""))
+            if rc == KEPT:
+                record.status, record.message = "ok", (text.strip().splitlines() or [record.message])[-1]
+            elif rc != 0:
+                record.status, record.output = "failed", text[-2000:]
+                record.message = f"{record.message}: failed (exit {rc}): {_last_line(text)}"
+                if change.step.critical:
+                    aborted_after = change.index
+        elif aborted_after is not None:
+            record.status, record.message = "skipped", "not run: an earlier step failed"
+        else:
+            record.status, record.message = "failed", "not finished: the script stopped (host down or connection cut)"
+    for name, rc in parsed["handlers"].items():
+        if rc == 0:
+            result.handlers.append(name)
+        else:
+            result.steps.append(StepResult("handlers", name, "failed",
+                                           mask(f"handler failed (exit {rc}): {_last_line(parsed['handlers_output'][name])}")))
+    for index, verify in enumerate(apply.verifies):
+        ok = parsed["verifies"].get(index, False)
+        output = mask(parsed.get("verifies_output", {}).get(index, ""))
+        result.verifies.append({"name": verify.name, "ok": ok, "output": output[-500:]})
+    if not parsed["done"] and not parsed["aborted"]:
+        result.error = "the apply script did not finish"
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"

@@ -1,0 +1,46 @@
+"""Jupyter server in a venv, run by systemd as the course user, reached through an SSH tunnel."""
+from __future__ import annotations
+
+from fleet.roles import RoleContext
+from fleet.shell import q
+from fleet.steps import Absent, Apt, Directory, Handler, Pip, Service, User, Verify
+from fleet.variables import HostVars
+
+CONFIG = "/etc/jupyter/jupyter_server_config.py"
+
+
+def steps(v: HostVars, ctx: RoleContext) -> list:
+    if v.jupyter_auth == "password" and not v.jupyter_password:
+        raise ctx.fail("jupyter_password", "jupyter_auth is password but no password is set")
+    restart = ("restart jupyter",)
+    user = v.jupyter_user
+    hashed = ctx.argon2(v.jupyter_password) if v.jupyter_auth == "password" else ""
+    config_vars = dict(v, jupyter_hashed_password=hashed)
+    home = f"/home/{user}"
+    return [
+        Apt(("python3-venv", "curl"), cache_max_age=v.apt_cache_max_age, lock_timeout=v.apt_lock_timeout),
+        User(user),
+        Directory(v.jupyter_notebook_dir, owner=user, group=user, mode="0755"),
+        Pip(v.jupyter_venv, [f"notebook=={v.jupyter_notebook_version}", f"jupyterlab=={v.jupyter_lab_version}",
+                             *v.jupyter_extra_packages], python=v.jupyter_python, notify=restart),
+        # The config holds the token: readable by root and the service's user only.
+        ctx.template_with("jupyter_server_config.py.j2", CONFIG, config_vars, owner="root", group=user,
+                          mode="0640", secret=True, notify=restart),
+        # A JSON config beside the .py (or in the user's ~/.jupyter) silently overrides it.
+        Absent("/etc/jupyter/jupyter_server_config.json", notify=restart, reason="it would override the managed config"),
+        Absent(f"{home}/.jupyter/jupyter_server_config.json", notify=restart, reason="it would override the managed config"),
+        ctx.template("jupyter.service.j2", f"/etc/systemd/system/{v.jupyter_service}.service", notify=restart),
+        Service(v.jupyter_service, enabled=True, running=True),
+        Handler("restart jupyter", f"systemctl daemon-reload && systemctl restart {q(v.jupyter_service)}"),
+        Verify("jupyter answers /api and /api/status with the token", _api_check(v), every_run=True, attempts=30),
+    ]
+
+
+def _api_check(v: HostVars) -> str:
+    address = "127.0.0.1" if v.jupyter_ip in ("0.0.0.0", "::", "") else v.jupyter_ip
+    base = f"http://{address}:{v.jupyter_port}"
+    check = f"curl -fsS --max-time 5 {q(base + '/api')}"
+    if v.jupyter_auth == "token":
+        # printf is a bash builtin: the token never shows in a process's arguments.
+        check += f" && printf 'Authorization: token %s\\n' {q(v.jupyter_token)} | curl -fsS --max-time 5 -H @- {q(base + '/api/status')}"
+    return check

@@ -1,0 +1,110 @@
+"""Jupyter Fleet's command line: `invoke --list`, `invoke --help provision`.
+
+Thin on purpose: arguments and help live here, the work in the `fleet` package.
+"""
+from __future__ import annotations
+
+from invoke import Collection, Exit, task
+
+from fleet import cli
+
+HOSTS = "host pattern: names, groups, globs (gpu-*), comma lists, !exclusions, @failed"
+INVENTORY = "inventory file, or aws:COURSE (default: $FLEET_INVENTORY, inventory/local.yml, inventory/aws-lab.yml)"
+
+
+@task(help={"hosts": HOSTS, "inventory": INVENTORY, "roles": "only these roles, comma separated",
+            "check": "report what would change, change nothing", "diff": "show unified diffs of files",
+            "set": "KEY=VALUE overriding every inventory level (repeatable)", "json": "write the full result here",
+            "parallel": "hosts at once (default 20)", "max-fail": "stop starting hosts after this many failures (N or N%)",
+            "verify": "run every role's verification, not only the cheap ones",
+            "insecure-host-keys": "accept any host key and record none (throwaway hosts only)",
+            "sudo-password": "read a sudo password from the terminal (prompted, never echoed)",
+            "verbose": "show every step, not only changes"},
+      iterable=["set"])
+def provision(c, hosts="all", inventory=None, roles=None, check=False, diff=False, set=None, json=None,
+              parallel=20, max_fail=None, verify=False, insecure_host_keys=False, sudo_password=False, verbose=False):
+    """Converge hosts to their roles; re-run any time to repair drift."""
+    cli.provision(hosts=hosts, inventory=inventory, roles=roles, check=check, diff=diff, set_=set, json_path=json,
+                  parallel=parallel, max_fail=max_fail, verify=verify, insecure_host_keys=insecure_host_keys,
+                  ask_sudo_password=sudo_password, verbose=verbose)
+
+
+@task(help={"hosts": HOSTS, "inventory": INVENTORY, "roles": "only these roles", "diff": "show unified diffs",
+            "json": "write the drift report here", "insecure-host-keys": "accept any host key (throwaway hosts)"})
+def check(c, hosts="all", inventory=None, roles=None, diff=True, json=None, insecure_host_keys=False):
+    """Drift report: what provision would change, with diffs. Exit 4 when drift is found."""
+    cli.provision(hosts=hosts, inventory=inventory, roles=roles, check=True, diff=diff, json_path=json,
+                  insecure_host_keys=insecure_host_keys)
+
+
+@task(help={"hosts": HOSTS, "inventory": INVENTORY, "insecure-host-keys": "accept any host key"})
+def facts(c, hosts="all", inventory=None, insecure_host_keys=False):
+    """Show each host's facts (OS, CPUs, memory, disk, Python, GPUs): one probe per host."""
+    cli.facts(hosts=hosts, inventory=inventory, insecure_host_keys=insecure_host_keys)
+
+
+@task(help={"host": "the host to show", "inventory": INVENTORY, "set": "KEY=VALUE overrides (repeatable)"},
+      iterable=["set"])
+def vars(c, host, inventory=None, set=None):
+    """Every variable of a host with the level it came from (secrets masked)."""
+    cli.show_vars(host=host, inventory=inventory, set_=set)
+
+
+@task(help={"host": "the host to reach", "inventory": INVENTORY, "local-port": "local end of the tunnel",
+            "open": "run the tunnel now instead of printing the command"})
+def tunnel(c, host, inventory=None, local_port=None, open=False):
+    """Print (or open) the SSH tunnel to a host's Jupyter, and its URL with the token."""
+    cli.tunnel(host=host, inventory=inventory, local_port=local_port, run=open)
+
+
+@task(help={"hosts": HOSTS, "inventory": INVENTORY, "format": "csv or md", "output": "file to write (default: stdout)"})
+def handout(c, hosts="all", inventory=None, format="md", output=None):
+    """One row per host for students: host, address, tunnel command, URL with token."""
+    cli.handout(hosts=hosts, inventory=inventory, fmt=format, output=output)
+
+
+@task(help={"hosts": HOSTS, "inventory": INVENTORY, "insecure-host-keys": "accept any host key"})
+def gpus(c, hosts="all", inventory=None, insecure_host_keys=False):
+    """Fleet GPU table: model, count, memory, driver, CUDA, compute capability, can it run the course's MXNet."""
+    cli.gpus(hosts=hosts, inventory=inventory, insecure_host_keys=insecure_host_keys)
+
+
+@task(help={"hosts": "how many local test hosts to boot (default 2)", "keep": "leave the hosts running afterwards"})
+def demo(c, hosts=2, keep=True):
+    """Boot local Debian test hosts (root, no AWS) and provision the embedded demo course on them."""
+    cli.demo(count=int(hosts), keep=keep)
+
+
+@task
+def demo_down(c):
+    """Shut down the demo's local test hosts."""
+    cli.demo_down()
+
+
+@task(help={"k": "only tests matching this expression", "unit": "skip the tests that boot hosts"})
+def test(c, k=None, unit=False):
+    """Run the whole test suite (integration tests boot real hosts and need root)."""
+    args = ["-m", "not hosts"] if unit else []
+    if k:
+        args += ["-k", k]
+    result = c.run("python3 -m pytest -q " + " ".join(f"'{a}'" for a in args), pty=False, warn=True)
+    if result.exited:
+        raise Exit(code=result.exited)
+
+
+@task(help={"hosts": "host counts to measure, comma separated (default 1,10,30)", "json": "write results here"})
+def bench(c, hosts="1,10,30", json="bench/results.json"):
+    """Benchmark cold provision, no-op re-runs and drift repair on local test hosts."""
+    cli.bench(counts=[int(n) for n in str(hosts).split(",") if n.strip()], json_path=json)
+
+
+ns = Collection(provision, check, facts, vars, tunnel, handout, gpus, demo, demo_down, test, bench)
+try:
+    from fleet import tasks_cloud  # launch, status, stop, start, terminate, snapshot (boto3)
+
+    for name in ("launch", "status", "stop", "start", "terminate", "snapshot"):
+        if hasattr(tasks_cloud, name):
+            ns.add_task(getattr(tasks_cloud, name))
+except ImportError as exc:  # keep the local commands usable while cloud parts are missing
+    if "tasks_cloud" not in str(exc):
+        raise
