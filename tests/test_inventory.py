@@ -1,0 +1,180 @@
+"""Inventory loading and validation, host patterns, precedence and provenance: tests as data."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fleet import inventory, patterns
+from fleet.errors import InputError
+from fleet.variables import inventory_layers, merge, parse_set, render
+
+NATIVE = """
+name: lab
+vars: {course_user: ubuntu, level: all}
+groups:
+  gpu:
+    hosts: [gpu-1, gpu-2]
+    vars: {level: gpu}
+  a100:
+    hosts: [gpu-2]
+    vars: {level: a100}
+  everyone:
+    children: [gpu, cpu]
+    vars: {level: everyone}
+  cpu:
+    hosts: [cpu-1]
+hosts:
+  gpu-1: {address: 10.0.0.1, user: ubuntu, port: 2222, key: ~/.ssh/lab.pem}
+  gpu-2: {address: 10.0.0.2, vars: {level: host}}
+  cpu-1:
+"""
+
+ANSIBLE = """
+all:
+  vars: {level: all}
+  hosts:
+    solo: {ansible_host: 10.0.0.9, ansible_user: admin, ansible_port: 2200, ansible_ssh_private_key_file: /k, color: red}
+  children:
+    gpu:
+      vars: {level: gpu}
+      hosts:
+        gpu-1: {ansible_host: 10.0.0.1}
+      children:
+        a100:
+          hosts:
+            gpu-2: {ansible_host: 10.0.0.2}
+          vars: {level: a100}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "inv.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_native_inventory_loads_hosts_groups_and_connection(tmp_path):
+    inv = inventory.load(write(tmp_path, NATIVE))
+    assert inv.name == "lab"
+    assert list(inv.hosts) == ["gpu-1", "gpu-2", "cpu-1"]
+    g1 = inv.hosts["gpu-1"]
+    assert (g1.address, g1.user, g1.port, g1.key) == ("10.0.0.1", "ubuntu", 2222, "~/.ssh/lab.pem")
+    # Not given: left to ~/.ssh/config as Fabric reads it.
+    assert (inv.hosts["cpu-1"].address, inv.hosts["cpu-1"].user, inv.hosts["cpu-1"].port) == ("cpu-1", None, None)
+    assert inv.group_hosts("everyone") == ["gpu-1", "gpu-2", "cpu-1"]
+    # Parents before children (then by name), so a child group's vars win over its parent's.
+    assert inv.hosts["gpu-2"].groups == ["a100", "everyone", "gpu"]
+
+
+def test_ansible_inventory_shape(tmp_path):
+    inv = inventory.load(write(tmp_path, ANSIBLE))
+    solo = inv.hosts["solo"]
+    assert (solo.address, solo.user, solo.port, solo.key) == ("10.0.0.9", "admin", 2200, "/k")
+    assert solo.vars == {"color": "red"}
+    assert inv.group_hosts("gpu") == ["gpu-1", "gpu-2"]
+    assert inv.hosts["gpu-2"].groups == ["gpu", "a100"]
+
+
+@pytest.mark.parametrize("host,level,source", [
+    ("cpu-1", "everyone", "groups.everyone.vars"),
+    ("gpu-1", "gpu", "groups.gpu.vars"),
+    ("gpu-2", "host", "hosts.gpu-2.vars"),
+])
+def test_precedence_and_provenance(tmp_path, host, level, source):
+    inv = inventory.load(write(tmp_path, NATIVE))
+    merged = merge([("roles/x/defaults.yml", {"level": "default", "only_default": 1})] + inventory_layers(inv, inv.hosts[host]))
+    assert merged["level"].value == level
+    assert merged["level"].source.endswith(source)
+    assert merged["only_default"].source == "roles/x/defaults.yml"
+
+
+def test_child_group_beats_parent_and_set_beats_host(tmp_path):
+    inv = inventory.load(write(tmp_path, NATIVE))
+    layers = inventory_layers(inv, inv.hosts["gpu-2"])
+    # Groups at one depth apply by name; a child (gpu) applies after its parent (everyone).
+    assert [source.rsplit(": ", 1)[1] for source, _ in layers] == [
+        "vars", "groups.a100.vars", "groups.everyone.vars", "groups.gpu.vars", "hosts.gpu-2.vars"]
+    assert merge(layers[:-1])["level"].value == "gpu"
+    merged = merge(layers + [("--set", parse_set(["level=cli", "port=8890"]))])
+    assert merged["level"] == merged["level"].__class__("cli", "--set")
+    assert merged["port"].value == 8890  # --set values are YAML: an integer stays an integer
+
+
+def test_jinja_values_refer_to_other_variables():
+    merged = merge([("d", {"user": "ubuntu", "home": "/home/{{ user }}", "nb": "{{ home }}/notebooks", "n": "{{ 2 * 4 }}"})])
+    values = render(merged)
+    assert values["nb"].value == "/home/ubuntu/notebooks"
+    assert values["n"].value == 8
+
+
+def test_variable_loop_is_an_input_error():
+    with pytest.raises(InputError, match="loop: a -> b -> a"):
+        render(merge([("d", {"a": "{{ b }}", "b": "{{ a }}"})]))
+
+
+BAD_INVENTORIES = [
+    ("yaml syntax", "hosts:\n  h1: {address: [\n", "inv.yml:3", "invalid YAML"),
+    ("unknown top-level key", "hosts: {h1: }\nhostz: {}\n", "inv.yml:2", "hostz: unknown key"),
+    ("unknown host key", "hosts:\n  h1: {adress: x}\n", "inv.yml:2", "hosts.h1.adress: unknown key"),
+    ("wrong type port", "hosts:\n  h1: {port: ssh}\n", "inv.yml:2", "hosts.h1.port: expected an integer, got str 'ssh'"),
+    ("wrong type vars", "vars: [1, 2]\nhosts: {h1: }\n", "inv.yml:1", "vars: expected a mapping"),
+    ("unknown group child", "hosts: {h1: }\ngroups:\n  a: {children: [b]}\n", "inv.yml:3", "unknown group 'b'"),
+    ("unknown host in group", "hosts: {h1: }\ngroups:\n  a: {hosts: [h9]}\n", "inv.yml:3", "unknown host 'h9'"),
+    ("duplicate host", "hosts:\n  h1: {address: a}\n  h1: {address: b}\n", "inv.yml:3", "duplicate key 'h1'"),
+    ("cycle", "hosts: {h1: }\ngroups:\n  a: {children: [b]}\n  b: {children: [a]}\n", "inv.yml", "cycle through `children`: a -> b -> a"),
+    ("empty file", "", "inv.yml", "the inventory is empty"),
+    ("not a mapping", "- h1\n", "inv.yml", "expected a mapping at the top level"),
+    ("reserved group", "hosts: {h1: }\ngroups:\n  all: {hosts: [h1]}\n", "inv.yml:3", "reserved group name"),
+    ("ansible unknown key", "all:\n  hostz: {}\n", "inv.yml:2", "all.hostz: unknown key"),
+    ("bad host name", "hosts:\n  'h 1': {}\n", "inv.yml", "does not match"),
+]
+
+
+@pytest.mark.parametrize("case,text,where,message", BAD_INVENTORIES, ids=[c[0] for c in BAD_INVENTORIES])
+def test_bad_inventory_names_file_line_and_key(tmp_path, case, text, where, message):
+    with pytest.raises(InputError) as info:
+        inventory.load(write(tmp_path, text))
+    assert where in str(info.value)
+    assert message in str(info.value)
+
+
+def test_missing_inventory_file(tmp_path):
+    with pytest.raises(InputError, match="cannot read file"):
+        inventory.load(tmp_path / "nope.yml")
+
+
+PATTERNS = [
+    ("all", ["gpu-1", "gpu-2", "cpu-1"]),
+    ("gpu", ["gpu-1", "gpu-2"]),
+    ("gpu-*", ["gpu-1", "gpu-2"]),
+    ("cpu-1,gpu-1", ["gpu-1", "cpu-1"]),
+    ("everyone,!gpu-2", ["gpu-1", "cpu-1"]),
+    ("!cpu-1", ["gpu-1", "gpu-2"]),
+    ("gpu,&a100", ["gpu-2"]),
+    ("g*,!a1*", ["gpu-1"]),
+    ("@failed", ["cpu-1"]),
+    ("@failed,gpu-1", ["gpu-1", "cpu-1"]),
+]
+
+
+@pytest.mark.parametrize("pattern,expected", PATTERNS)
+def test_host_patterns(tmp_path, pattern, expected):
+    inv = inventory.load(write(tmp_path, NATIVE))
+    assert patterns.select(inv, pattern, failed=["cpu-1"]) == expected
+
+
+@pytest.mark.parametrize("pattern,message", [
+    ("", "empty host pattern"),
+    ("nosuch", "unknown host or group 'nosuch'"),
+    ("zz-*", "glob 'zz-*' matches no host"),
+    ("gpu,!gpu", "matches no host"),
+    ("@failed", "no previous run"),
+])
+def test_bad_patterns(tmp_path, pattern, message):
+    inv = inventory.load(write(tmp_path, NATIVE))
+    with pytest.raises(InputError) as info:
+        patterns.select(inv, pattern, failed=None)
+    assert message in str(info.value)
+    assert str(info.value).startswith("--hosts: ")

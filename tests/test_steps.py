@@ -1,0 +1,175 @@
+"""Each step's plan for "absent", "different" and "already right", on recorded facts (tests as
+data), plus fact commands run for real against this machine's filesystem."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import pytest
+
+from fleet.errors import InputError
+from fleet.git import Git, RefResolver
+from fleet.steps import (APT_AGE, Absent, Apt, Command, Directory, File, Line, Pip, Service, User,
+                         dpkg_fact, path_fact, unit_fact, venv_fact)
+
+
+class StrictFacts(dict):
+    """Like a host that answers only what the step asked for: any other key is a bug."""
+
+    def __init__(self, step, values):
+        wanted = {f.key for f in step.facts(diff=True)}
+        assert set(values) == wanted, f"facts given {sorted(values)} but the step asks for {sorted(wanted)}"
+        super().__init__(values)
+
+
+def stat(kind="regular file", mode="0644", owner="root", group="root", content=None):
+    return {"kind": kind, "mode": mode, "owner": owner, "group": group,
+            "sha256": hashlib.sha256(content).hexdigest() if content is not None else None, "content": content}
+
+
+class FakeResolver(RefResolver):
+    def resolve(self, url, ref):
+        if "unreachable" in url:
+            return None, None, f"cannot reach repository {url}: Could not resolve host"
+        return "a" * 40, ref, ""
+
+
+def git(**kw):
+    return Git("git://srv/course.git", "/home/u/course", "main", user="u", resolver=FakeResolver(), **kw)
+
+
+GIT_KEY = "git:/home/u/course"
+CASES = [
+    # (id, step factory, facts, changed, message fragment, command fragment or None, failed)
+    ("apt absent", lambda: Apt(("git", "curl")),
+     {dpkg_fact(("git", "curl")).key: {"curl": "7.88"}, APT_AGE.key: 10}, True, "install git", "install -y --no-install-recommends git", False),
+    ("apt absent, stale cache", lambda: Apt(("git",), cache_max_age=60),
+     {dpkg_fact(("git",)).key: {}, APT_AGE.key: 3600}, True, "install git", "__apt 300 update", False),
+    ("apt right", lambda: Apt(("git",)), {dpkg_fact(("git",)).key: {"git": "1:2.39"}, APT_AGE.key: 10**9},
+     False, "git already installed", None, False),
+    ("pip no venv", lambda: Pip("/opt/j", ["notebook==7.6.5"]), {venv_fact("/opt/j").key: None},
+     True, "create venv", "python3 -m venv /opt/j", False),
+    ("pip different version", lambda: Pip("/opt/j", ["notebook==7.6.5", "numpy<1.24"]),
+     {venv_fact("/opt/j").key: {"notebook": "7.6.4", "numpy": "1.23.5"}}, True, "install notebook==7.6.5", "-q notebook==7.6.5", False),
+    ("pip right", lambda: Pip("/opt/j", ["notebook==7.6.5", "numpy<1.24"]),
+     {venv_fact("/opt/j").key: {"notebook": "7.6.5", "numpy": "1.23.5"}}, False, "already satisfied", None, False),
+    ("dir absent", lambda: Directory("/srv/nb", owner="u", mode="0755"), {path_fact("/srv/nb").key: None},
+     True, "create /srv/nb", "mkdir -p /srv/nb", False),
+    ("dir different mode", lambda: Directory("/srv/nb", owner="u", mode="0755"),
+     {path_fact("/srv/nb").key: stat("directory", "0700", "u")}, True, "fix owner/mode", "chmod 0755 /srv/nb", False),
+    ("dir right", lambda: Directory("/srv/nb", owner="u", mode="0755"),
+     {path_fact("/srv/nb").key: stat("directory", "0755", "u")}, False, "already present", None, False),
+    ("dir is a file", lambda: Directory("/srv/nb"), {path_fact("/srv/nb").key: stat()}, False, "not a directory", None, True),
+    ("file absent", lambda: File("/etc/x.conf", "a=1\n"), {path_fact("/etc/x.conf", True).key: None},
+     True, "create /etc/x.conf", "__put /etc/x.conf 0644 root root", False),
+    ("file different", lambda: File("/etc/x.conf", "a=1\n"), {path_fact("/etc/x.conf", True).key: stat(content=b"a=2\n")},
+     True, "update /etc/x.conf", "__put", False),
+    ("file mode only", lambda: File("/etc/x.conf", "a=1\n", mode="0600"),
+     {path_fact("/etc/x.conf", True).key: stat(content=b"a=1\n")}, True, "fix owner/mode", "chmod 0600", False),
+    ("file right", lambda: File("/etc/x.conf", "a=1\n"), {path_fact("/etc/x.conf", True).key: stat(content=b"a=1\n")},
+     False, "already up to date", None, False),
+    ("absent present", lambda: Absent("/etc/j.json"), {path_fact("/etc/j.json").key: stat()}, True, "remove /etc/j.json", "rm -rf -- /etc/j.json", False),
+    ("absent right", lambda: Absent("/etc/j.json"), {path_fact("/etc/j.json").key: None}, False, "already absent", None, False),
+    ("line absent file", lambda: Line("/etc/e", "X=1"), {path_fact("/etc/e", True).key: None}, True, "add line", "__put /etc/e", False),
+    ("line replace", lambda: Line("/etc/e", "X=1", regexp=r"^X="), {path_fact("/etc/e", True).key: stat(content=b"A\nX=2\n")},
+     True, "replace line", "__put", False),
+    ("line right", lambda: Line("/etc/e", "X=1"), {path_fact("/etc/e", True).key: stat(content=b"A\nX=1\n")}, False, "already in", None, False),
+    ("service absent", lambda: Service("jupyter"), {unit_fact("jupyter").key: {"LoadState": "not-found", "ActiveState": "inactive", "UnitFileState": ""}},
+     True, "enable and start jupyter", "systemctl enable -q jupyter", False),
+    ("service stopped", lambda: Service("jupyter"), {unit_fact("jupyter").key: {"LoadState": "loaded", "ActiveState": "inactive", "UnitFileState": "enabled"}},
+     True, "start jupyter", "systemctl start jupyter", False),
+    ("service right", lambda: Service("jupyter"), {unit_fact("jupyter").key: {"LoadState": "loaded", "ActiveState": "active", "UnitFileState": "enabled"}},
+     False, "already enabled and running", None, False),
+    ("user absent", lambda: User("student"), {"user:student": None}, True, "create user student", "useradd -m -s /bin/bash student", False),
+    ("user different", lambda: User("student", groups=("docker",)), {"user:student": {"shell": "/bin/bash", "home": "/home/student", "groups": ["student"]}},
+     True, "update user", "usermod -aG docker student", False),
+    ("user right", lambda: User("student"), {"user:student": {"shell": "/bin/bash", "home": "/home/student", "groups": ["student"]}},
+     False, "already present", None, False),
+    ("command creates absent", lambda: Command("make", creates="/opt/x"), {path_fact("/opt/x").key: None}, True, "run make", "make", False),
+    ("command creates right", lambda: Command("make", creates="/opt/x"), {path_fact("/opt/x").key: stat()}, False, "already exists", None, False),
+    ("command unless fails", lambda: Command("make", unless="test -x /opt/y"), {"unless:None:test -x /opt/y": 1}, True, "run make", "make", False),
+    ("command unless ok", lambda: Command("make", unless="test -x /opt/y"), {"unless:None:test -x /opt/y": 0}, False, "already done", None, False),
+    ("command not idempotent", lambda: Command("date", idempotent=False), {}, True, "run date", "date", False),
+    ("git absent", git, {GIT_KEY: None}, True, "clone git://srv/course.git", "git clone -q --no-checkout", False),
+    ("git behind", git, {GIT_KEY: {"head": "b" * 40, "url": "git://srv/course.git", "dirty": 0}}, True, "update /home/u/course",
+     "merge-base --is-ancestor HEAD", False),
+    ("git right", git, {GIT_KEY: {"head": "a" * 40, "url": "git://srv/course.git", "dirty": 0}}, False, "already at main", None, False),
+    ("git student changes", git, {GIT_KEY: {"head": "b" * 40, "url": "git://srv/course.git", "dirty": 2}}, False,
+     "kept: local changes in /home/u/course (2 files)", None, False),
+    ("git other repo", git, {GIT_KEY: {"head": "b" * 40, "url": "git://elsewhere/x.git", "dirty": 0}}, False, "left alone", None, True),
+    ("git unreachable", lambda: Git("git://unreachable/x.git", "/home/u/x", "main", resolver=FakeResolver()),
+     {"git:/home/u/x": None}, False, "cannot reach repository", None, True),
+]
+
+
+@pytest.mark.parametrize("case,factory,facts,changed,message,command,failed", CASES, ids=[c[0] for c in CASES])
+def test_step_plan(case, factory, facts, changed, message, command, failed):
+    step = factory()
+    outcome = step.plan(StrictFacts(step, facts))
+    assert outcome.changed is changed
+    assert outcome.failed is failed
+    assert message in outcome.message
+    if command is None:
+        assert outcome.commands == []
+    else:
+        assert any(command in c for c in outcome.commands), outcome.commands
+
+
+def test_file_diff_is_unified_and_secret_files_hide_it():
+    step = File("/etc/x.conf", "a=1\nb=2\n")
+    step.facts(diff=True)
+    outcome = step.plan({path_fact("/etc/x.conf", True).key: stat(content=b"a=1\nb=3\n")})
+    assert "-b=3\n+b=2\n" in outcome.diff
+    secret = File("/etc/s", "token=abc\n", secret=True)
+    assert secret.facts(diff=True) == [path_fact("/etc/s")]  # its content is never even read back
+
+
+@pytest.mark.parametrize("factory,message", [
+    (lambda: Command("rm -rf /tmp/x"), "needs creates=, unless= or idempotent=False"),
+    (lambda: File("etc/x", "a"), "expected an absolute path"),
+    (lambda: Directory("/home/u/../../etc"), "without '..'"),
+    (lambda: Pip("/opt/j", ["not a requirement!"]), "not a pip requirement"),
+    (lambda: User("Bad User"), "not a valid user name"),
+])
+def test_steps_refuse_bad_definitions(factory, message):
+    with pytest.raises(InputError, match=message):
+        factory()
+
+
+def run_fact(fact):
+    out = subprocess.run(["bash", "-c", fact.command], capture_output=True, text=True, check=True).stdout
+    return fact.parse(out)
+
+
+def test_path_fact_reads_real_files(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_bytes(b"hello\n")
+    target.chmod(0o640)
+    info = run_fact(path_fact(str(target), content=True))
+    assert info["kind"] == "regular file" and info["mode"] == "0640" and info["owner"] == "root"
+    assert info["sha256"] == hashlib.sha256(b"hello\n").hexdigest() and info["content"] == b"hello\n"
+    assert run_fact(path_fact(str(tmp_path / "missing"))) is None
+    assert run_fact(path_fact(str(tmp_path)))["kind"] == "directory"
+    weird = tmp_path / "it's a $(name)"
+    weird.write_text("x")
+    assert run_fact(path_fact(str(weird)))["kind"] == "regular file"  # quoted, never executed
+
+
+def test_dpkg_fact_reads_real_package_database():
+    installed = run_fact(dpkg_fact(("bash", "no-such-package-xyz")))
+    assert "bash" in installed and "no-such-package-xyz" not in installed
+
+
+def test_venv_fact_reads_real_venv(tmp_path):
+    venv = tmp_path / "venv"
+    assert run_fact(venv_fact(str(venv))) is None
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    (site / "Jupyter_Server-2.21.1.dist-info").mkdir()
+    assert run_fact(venv_fact(str(venv))) == {"jupyter-server": "2.21.1"}
+
+
+def test_unit_fact_parser():
+    fact = unit_fact("jupyter")
+    assert fact.parse("LoadState=loaded\nActiveState=active\nUnitFileState=enabled\n") == {
+        "LoadState": "loaded", "ActiveState": "active", "UnitFileState": "enabled"}
