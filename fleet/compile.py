@@ -28,7 +28,7 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
                   resolver: RefResolver | None = None, templates: Templates | None = None) -> dict[str, HostPlan]:
     """Build every host's plan, or raise one InputErrors listing everything wrong."""
     resolver = resolver or RefResolver()
-    templates = templates or Templates()
+    templates = templates or Templates(roleset.template_dirs())
     if only_roles:
         roleset.check_names(only_roles, "--roles")
     plans: dict[str, HostPlan] = {}

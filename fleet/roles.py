@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -63,9 +65,15 @@ class Role:
 
     @cached_property
     def module(self):
-        if str(PROJECT) not in sys.path:
-            sys.path.insert(0, str(PROJECT))
-        return importlib.import_module(f"roles.{self.name}")
+        if self.path.parent == ROLES_DIR:
+            if str(PROJECT) not in sys.path:
+                sys.path.insert(0, str(PROJECT))
+            return importlib.import_module(f"roles.{self.name}")
+        # A site role from FLEET_ROLES_PATH: imported from its folder under a private name.
+        spec = importlib.util.spec_from_file_location(f"fleet_site_roles.{self.name}", self.path / "__init__.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
 
 
 def _load_yaml_mapping(path: Path) -> tuple[dict, yamlfile.Lines]:
@@ -83,15 +91,21 @@ class RoleSet:
     """Every role under roles/, loaded once per run."""
 
     def __init__(self, roles_dir: Path = ROLES_DIR) -> None:
+        extra = [Path(p) for p in os.environ.get("FLEET_ROLES_PATH", "").split(":") if p]
         self.roles: dict[str, Role] = {}
         self.engine_defaults, _ = _load_yaml_mapping(ENGINE_DEFAULTS)
         self.engine_spec, lines = _load_yaml_mapping(ENGINE_SPEC)
         yamlfile.validate(self.engine_spec, SPEC_SCHEMA, ENGINE_SPEC, lines)
-        for path in sorted(p for p in roles_dir.iterdir() if (p / "__init__.py").exists()):
+        folders = [p for d in [roles_dir, *extra] for p in sorted(d.iterdir()) if (p / "__init__.py").exists()]
+        for path in folders:
             defaults, _ = _load_yaml_mapping(path / "defaults.yml")
             spec, lines = _load_yaml_mapping(path / "spec.yml")
             yamlfile.validate(spec, SPEC_SCHEMA, path / "spec.yml", lines)
             self.roles[path.name] = Role(path.name, path, path / "defaults.yml", defaults, spec)
+
+    def template_dirs(self) -> list[Path]:
+        """templates/ first, then any `templates/` folder a role carries (site roles)."""
+        return [TEMPLATES_DIR] + [r.path / "templates" for r in self.roles.values() if (r.path / "templates").is_dir()]
 
     def default_layers(self) -> list[tuple[str, dict]]:
         layers = [(_rel(ENGINE_DEFAULTS), self.engine_defaults)]
@@ -154,21 +168,37 @@ def _rel(path: Path) -> str:
 class Templates:
     """Jinja2 templates under templates/, rendered on the controller with StrictUndefined."""
 
-    def __init__(self, directory: Path = TEMPLATES_DIR) -> None:
-        self.env = Environment(loader=FileSystemLoader(str(directory)), undefined=StrictUndefined,
+    def __init__(self, directories: list[Path] | None = None) -> None:
+        directories = directories or [TEMPLATES_DIR]
+        self.env = Environment(loader=FileSystemLoader([str(d) for d in directories]), undefined=StrictUndefined,
                                keep_trailing_newline=True, autoescape=False)
         self.env.filters["tojson_str"] = lambda v: __import__("json").dumps(v)
-        self.directory = directory
+        self.directories = directories
 
     def render(self, name: str, values: dict[str, Any]) -> str:
         try:
-            return self.env.get_template(name).render(values)
+            template = self.env.get_template(name)
         except TemplateNotFound:
-            raise InputError("template not found", file=_rel(self.directory / name)) from None
+            raise InputError(f"template not found in {', '.join(map(_rel, self.directories))}", file=name) from None
         except TemplateError as exc:
-            line = getattr(exc, "lineno", None)
-            where = _rel(self.directory / name) + (f":{line}" if line else "")
+            raise InputError(f"invalid template: {exc.message}", file=f"{name}:{getattr(exc, 'lineno', '?')}") from None
+        try:
+            return template.render(values)
+        except TemplateError as exc:
+            line = _template_line(exc, template.filename)
+            where = _rel(Path(template.filename)) + (f":{line}" if line else "")
             raise InputError(f"cannot render: {exc.message}", file=where) from None
+
+
+def _template_line(exc: Exception, filename: str | None) -> int | None:
+    """The template line an undefined variable was met on, read off the traceback."""
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename or tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 @dataclass
