@@ -1,0 +1,61 @@
+"""Shared fixtures: real Debian 12 test hosts (see fleet/testhosts.py).
+
+Integration fixtures skip where hosts cannot be booted (not root, tools missing), except
+in CI (CI=true), where integration tests must run: there they fail loudly instead.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable, Iterator
+
+import pytest
+
+from fleet import testhosts
+from fleet.testhosts import TestHost
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "hosts: integration tests that boot real Debian 12 hosts (need root)")
+
+
+def _why_no_hosts() -> str | None:
+    if os.geteuid() != 0:
+        return "booting test hosts needs root"
+    missing = [t for t in testhosts.REQUIRED_TOOLS if not shutil.which(t)]
+    if missing:
+        return f"missing {', '.join(missing)} (apt-get install debootstrap systemd-container iptables openssh-client)"
+    return None
+
+
+def _require_hosts() -> None:
+    reason = _why_no_hosts()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must run the integration tests, but: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def hosts_factory() -> Iterator[Callable[[int], list[TestHost]]]:
+    """boot(n) -> n fresh hosts; every host booted through it is torn down at session end."""
+    _require_hosts()
+    booted: list[TestHost] = []
+
+    def boot(n: int) -> list[TestHost]:
+        hosts = testhosts.boot(n)
+        booted.extend(hosts)
+        return hosts
+
+    try:
+        yield boot
+    finally:
+        testhosts.teardown(booted)   # skips hosts a narrower fixture already tore down
+
+
+@pytest.fixture(scope="module")
+def three_hosts(hosts_factory: Callable[[int], list[TestHost]]) -> Iterator[list[TestHost]]:
+    hosts = hosts_factory(3)
+    yield hosts
+    testhosts.teardown(hosts)        # free them for the next module rather than at session end

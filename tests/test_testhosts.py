@@ -1,0 +1,117 @@
+"""The test hosts themselves: real systemd, ssh, sudo, apt, private loopback, NAT, faults."""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import yaml
+
+from fleet import testhosts
+from fleet.testhosts import CONTROLLER_ALIAS, TestHost
+
+
+@pytest.fixture(scope="module")
+def two_hosts(hosts_factory: Callable[[int], list[TestHost]]) -> Iterator[list[TestHost]]:
+    hosts = hosts_factory(2)
+    yield hosts
+    testhosts.teardown(hosts)
+
+
+def test_write_inventory_shape(tmp_path: Path) -> None:
+    h1, h2 = TestHost.for_index(1), TestHost.for_index(2)
+    path = testhosts.write_inventory([h1, h2], tmp_path / "inv.yml", vars={"python": "3.11"},
+                                     groups={"web": [h1], "db": {"hosts": ["h2"], "vars": {"x": 1}}})
+    assert yaml.safe_load(path.read_text()) == {
+        "vars": {"python": "3.11"},
+        "groups": {"web": {"hosts": ["h1"], "vars": {}}, "db": {"hosts": ["h2"], "vars": {"x": 1}}},
+        "hosts": {
+            "h1": {"address": "10.211.1.2", "user": "ubuntu", "port": 22, "key": str(testhosts.KEY)},
+            "h2": {"address": "10.211.2.2", "user": "ubuntu", "port": 22, "key": str(testhosts.KEY)},
+        },
+    }
+    minimal = yaml.safe_load(testhosts.write_inventory([h1], tmp_path / "min.yml").read_text())
+    assert list(minimal) == ["hosts"]
+
+
+@pytest.mark.hosts
+def test_systemd_is_running(two_hosts: list[TestHost]) -> None:
+    for h in two_hosts:
+        assert h.run("systemctl is-system-running --wait").stdout.strip() == "running"
+
+
+@pytest.mark.hosts
+def test_each_host_has_its_own_hostname(two_hosts: list[TestHost]) -> None:
+    assert [h.run("hostname").stdout.strip() for h in two_hosts] == [h.name for h in two_hosts]
+    assert len({h.name for h in two_hosts}) == 2
+
+
+@pytest.mark.hosts
+def test_passwordless_sudo(two_hosts: list[TestHost]) -> None:
+    for h in two_hosts:
+        assert h.run("sudo -n true").returncode == 0
+        assert h.run("sudo -n id -u").stdout.strip() == "0"
+
+
+@pytest.mark.hosts
+def test_loopback_is_private(two_hosts: list[TestHost]) -> None:
+    # Both hosts serve 127.0.0.1:8888 at once, each its own content: as on real machines.
+    for h in two_hosts:
+        h.run("sudo mkdir -p /srv/www && hostname | sudo tee /srv/www/who >/dev/null && "
+              "sudo systemd-run --unit=web8888 -p WorkingDirectory=/srv/www "
+              "python3 -m http.server --bind 127.0.0.1 8888")
+    for h in two_hosts:
+        out = h.run("for i in $(seq 50); do curl -sf http://127.0.0.1:8888/who && exit; sleep 0.1; done; exit 1")
+        assert out.stdout.strip() == h.name
+        h.run("sudo systemctl stop web8888")
+
+
+@pytest.mark.hosts
+def test_package_install_stays_on_its_host(two_hosts: list[TestHost]) -> None:
+    a, b = two_hosts
+    a.run("sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends sl", timeout=300)
+    assert a.run("dpkg -s sl && test -x /usr/games/sl", check=False).returncode == 0
+    assert b.run("dpkg -s sl || test -e /usr/games/sl", check=False).returncode != 0
+
+
+@pytest.mark.hosts
+def test_hosts_reach_the_controller_alias(two_hosts: list[TestHost], tmp_path: Path) -> None:
+    (tmp_path / "hello").write_text("from the controller\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer((CONTROLLER_ALIAS, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://{CONTROLLER_ALIAS}:{server.server_address[1]}/hello"
+        for h in two_hosts:
+            assert h.run(f"curl -sf --max-time 10 {url}").stdout == "from the controller\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.hosts
+def test_allocation_skips_indices_in_use(two_hosts: list[TestHost]) -> None:
+    got = testhosts.allocate(2)
+    try:
+        assert not set(got) & {h.index for h in two_hosts}
+    finally:
+        for i in got:
+            testhosts.release(i)
+
+
+@pytest.mark.hosts
+def test_power_cut_keeps_the_disk(two_hosts: list[TestHost]) -> None:
+    h = two_hosts[1]
+    boot_id = h.run("cat /proc/sys/kernel/random/boot_id").stdout
+    h.run("echo before-the-cut > ~/marker")
+    testhosts.power_cut(h)
+    assert h.run("true", check=False).returncode != 0          # really down
+    t0 = time.monotonic()
+    testhosts.boot_again(h)
+    assert time.monotonic() - t0 < testhosts.SSH_TIMEOUT
+    assert h.run("cat ~/marker").stdout == "before-the-cut\n"
+    assert h.run("cat /proc/sys/kernel/random/boot_id").stdout != boot_id
