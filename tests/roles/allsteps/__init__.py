@@ -1,0 +1,30 @@
+"""Test role: every step kind once, so the engine is proven on real hosts."""
+from fleet.git import Git
+from fleet.steps import Apt, Command, Directory, File, Handler, Line, Pip, Service, User, Verify
+
+UNIT = """[Unit]
+Description=allsteps test service
+[Service]
+ExecStart=/usr/bin/python3 -m http.server --bind 127.0.0.1 8123 --directory /srv/allsteps
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def steps(v, ctx):
+    return [
+        Apt((v.allsteps_package,), cache_max_age=v.apt_cache_max_age),
+        Apt(("python3-venv", "git"), cache_max_age=v.apt_cache_max_age),
+        User("student"),
+        Directory("/srv/allsteps", owner="student", group="student", mode="0755"),
+        ctx.template("allsteps.conf.j2", "/srv/allsteps/allsteps.conf", notify=("restart allsteps",)),
+        Line("/srv/allsteps/env", "COURSE=allsteps", regexp=r"^COURSE="),
+        Pip(v.allsteps_venv, v.allsteps_pip),
+        File("/etc/systemd/system/allsteps.service", UNIT, notify=("restart allsteps",)),
+        Service("allsteps"),
+        Git(v.allsteps_repo, "/home/student/course", "main", user="student", resolver=ctx.resolver),
+        Command("echo built > /srv/allsteps/built", creates="/srv/allsteps/built"),
+        Handler("restart allsteps", "systemctl daemon-reload && systemctl restart allsteps"),
+        Verify("allsteps serves its folder", "curl -fsS http://127.0.0.1:8123/allsteps.conf | grep -q message",
+               every_run=True, attempts=20),
+    ]

@@ -1,0 +1,97 @@
+"""The engine on 3 real Debian hosts: a role using every step kind converges, a second run
+changes nothing at one connection and at most two commands per host, and drift on one host
+is reported by `invoke check` for that host alone, then repaired."""
+from __future__ import annotations
+
+import pytest
+
+from fleet import testhosts
+from tests.fixtures import changed_steps, fleet, git_server, sh  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.hosts
+
+
+@pytest.fixture(scope="module")
+def lab(three_hosts, git_server, tmp_path_factory):  # noqa: F811
+    state = tmp_path_factory.mktemp("state")
+    inventory = state / "inventory.yml"
+    testhosts.write_inventory(three_hosts, inventory, vars={"roles": ["allsteps"],
+                                                           "allsteps_repo": git_server.url("course.git")})
+    first = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    return three_hosts, state, inventory, first
+
+
+def test_first_run_converges_every_host(lab):
+    hosts, _, _, first = lab
+    assert first.rc == 0, first.output
+    for host in hosts:
+        result = first.report["hosts"][host.name]
+        assert result["status"] == "changed"
+        assert {s["status"] for s in result["steps"]} <= {"changed", "ok"}
+        assert "restart allsteps" in result["handlers"]
+        assert all(v["ok"] for v in result["verifies"])
+    # The effects are real: checked on the hosts themselves, not through the tool.
+    h = hosts[0]
+    assert sh(h, "dpkg-query -W -f='${Status}' tree").stdout == "install ok installed"
+    assert sh(h, "/opt/allsteps/bin/python -c 'import six; print(six.__version__)'").stdout.strip() == "1.16.0"
+    assert sh(h, "stat -c '%U %a' /srv/allsteps").stdout.strip() == "student 755"
+    assert f"# allsteps on {h.name}" in sh(h, "cat /srv/allsteps/allsteps.conf").stdout
+    assert sh(h, "cat /srv/allsteps/env").stdout == "COURSE=allsteps\n"
+    assert sh(h, "systemctl is-active allsteps; systemctl is-enabled allsteps").stdout.split() == ["active", "enabled"]
+    assert sh(h, "sudo -u student git -C /home/student/course log --format=%s").stdout.strip() == "week 1"
+    assert sh(h, "stat -c %U /home/student/course/README.md").stdout.strip() == "student"
+    assert sh(h, "cat /srv/allsteps/built").stdout == "built\n"
+
+
+def test_second_run_changes_nothing_with_one_connection_and_one_command(lab):
+    hosts, state, inventory, _ = lab
+    logins_before = {h.name: _sshd_logins(h) for h in hosts}
+    again = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert again.rc == 0, again.output
+    for host in hosts:
+        result = again.report["hosts"][host.name]
+        assert result["status"] == "ok", result
+        assert changed_steps(again.report, host.name) == []
+        assert result["handlers"] == []
+        assert result["connections"] == 1
+        assert result["commands"] <= 2
+        # Counted on the host too: exactly one login as the inventory's user during the run.
+        assert _sshd_logins(host) - logins_before[host.name] == 1
+
+
+def _sshd_logins(host) -> int:
+    """Logins of `ubuntu` in sshd's log, read over a root login so the reading is not counted."""
+    import subprocess
+    import time
+
+    time.sleep(0.5)  # journald may lag behind sshd by a moment
+    argv = host.ssh_command("journalctl -q -u ssh --no-pager | grep -c 'Accepted publickey for ubuntu' || true")
+    argv[-2] = f"root@{host.address}"
+    return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip() or 0)
+
+
+def test_drift_on_one_host_is_reported_by_check_and_repaired(lab):
+    hosts, state, inventory, _ = lab
+    drifted = hosts[1]
+    sh(drifted, "echo tampered >> /srv/allsteps/allsteps.conf && systemctl stop allsteps && "
+                "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q tree >/dev/null")
+    check = fleet("check", state=state, inventory=inventory, roles_path=True)
+    assert check.rc == 4, check.output  # 4: drift found
+    for host in hosts:
+        expected = "drift" if host is drifted else "ok"
+        assert check.report["hosts"][host.name]["status"] == expected
+    assert sorted(changed_steps(check.report, drifted.name)) == sorted([
+        "apt tree", "template allsteps.conf.j2 -> /srv/allsteps/allsteps.conf", "service allsteps"])
+    diff = next(s["diff"] for s in check.report["hosts"][drifted.name]["steps"] if "allsteps.conf" in s["name"])
+    assert "-tampered" in diff
+    # Check mode changed nothing.
+    assert "tampered" in sh(drifted, "cat /srv/allsteps/allsteps.conf").stdout
+
+    repair = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert repair.rc == 0, repair.output
+    assert [h for h in repair.report["hosts"] if repair.report["hosts"][h]["status"] == "changed"] == [drifted.name]
+    assert "tampered" not in sh(drifted, "cat /srv/allsteps/allsteps.conf").stdout
+    assert sh(drifted, "systemctl is-active allsteps").stdout.strip() == "active"
+    assert sh(drifted, "dpkg-query -W -f='${Status}' tree").stdout == "install ok installed"
+    final = fleet("check", state=state, inventory=inventory, roles_path=True)
+    assert final.rc == 0, final.output
