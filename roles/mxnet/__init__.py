@@ -1,0 +1,109 @@
+"""MXNet 1.9.1 with the wheel each host can run: GPU facts first, a gate that refuses a
+wheel that cannot run (e.g. Hopper GPUs, old drivers) before anything is installed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from packaging.utils import canonicalize_name
+
+from fleet.facts import Fact
+from fleet.gpu import ALL_PACKAGES, GPU_FACT, MxnetChoice, choose_mxnet_build
+from fleet.roles import RoleContext
+from fleet.shell import q
+from fleet.steps import Apt, Outcome, Step, Verify, unsatisfied, venv_fact
+from fleet.variables import HostVars
+
+# A framework is a chooser (GPU facts -> build) plus the packages it may install; another
+# framework is added as one more entry and one more value in spec.yml.
+FRAMEWORKS = {"mxnet": (choose_mxnet_build, ALL_PACKAGES)}
+
+
+@dataclass
+class FrameworkGate(Step):
+    """Decides the build from the host's GPU facts; refuses before anything is installed."""
+
+    framework: str = "mxnet"
+    prefer: str = "auto"
+    cuda: str = ""
+    allow_cpu_fallback: bool = False
+    notify: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.framework} build check"
+
+    def choice(self, facts: dict[str, Any]) -> MxnetChoice:
+        chooser, _ = FRAMEWORKS[self.framework]
+        return chooser(facts[GPU_FACT.key], prefer=self.prefer, cuda=self.cuda or None,
+                       allow_cpu_fallback=self.allow_cpu_fallback)
+
+    def facts(self, diff: bool = False) -> list[Fact]:
+        return [GPU_FACT]
+
+    def plan(self, facts: dict[str, Any]) -> Outcome:
+        choice = self.choice(facts)
+        if not choice.ok:
+            return Outcome(False, f"refused: {choice.reason}. {choice.advice}", failed=True)
+        return Outcome(False, f"{choice.package} {choice.version}: {choice.reason}")
+
+
+@dataclass
+class FrameworkInstall(FrameworkGate):
+    venv: str = "/opt/jupyter"
+    numpy: str = "numpy<1.24"
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.framework} in {self.venv}"
+
+    def facts(self, diff: bool = False) -> list[Fact]:
+        return [GPU_FACT, venv_fact(self.venv)]
+
+    def plan(self, facts: dict[str, Any]) -> Outcome:
+        choice = self.choice(facts)
+        if not choice.ok:
+            return Outcome(False, f"refused: {choice.reason}", failed=True)
+        installed = facts[venv_fact(self.venv).key] or {}
+        _, packages = FRAMEWORKS[self.framework]
+        # Builds share one import name: another build left installed would shadow this one.
+        others = [p for p in packages if p != choice.package and canonicalize_name(p) in installed]
+        missing = unsatisfied([choice.spec, self.numpy], installed)
+        if not missing and not others:
+            return Outcome(False, f"{choice.spec} already installed")
+        pip = q(self.venv + "/bin/pip")
+        commands = [f"{pip} uninstall -y -q {' '.join(map(q, others))}"] if others else []
+        commands.append(f"__retry 3 {pip} install --disable-pip-version-check -q {q(choice.spec)} {q(self.numpy)}")
+        return Outcome(True, f"install {choice.spec}" + (f" (replacing {', '.join(others)})" if others else ""),
+                       commands)
+
+
+VERIFY = """
+import glob, os, subprocess
+import mxnet as mx
+from mxnet.runtime import Features
+site = glob.glob(__SITE__)[0]
+gpu_build = bool(glob.glob(os.path.join(site, "mxnet_cu*.dist-info")))
+try:
+    gpus = len(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines())
+except FileNotFoundError:
+    gpus = 0
+assert Features().is_enabled("CUDA") == gpu_build, "CUDA feature flag does not match the installed build"
+assert mx.context.num_gpus() == (gpus if gpu_build else 0), ("num_gpus", mx.context.num_gpus(), gpus)
+ctx = mx.gpu(0) if gpu_build else mx.cpu()
+a = mx.nd.array([[1, 2], [3, 4]], ctx=ctx)
+product = mx.nd.dot(a, a).asnumpy().tolist()
+assert product == [[7, 10], [15, 22]], product
+print("mxnet", mx.__version__, "on", ctx, "computed", product)
+"""
+
+
+def steps(v: HostVars, ctx: RoleContext) -> list:
+    options = dict(framework=v.mxnet_framework, prefer=v.mxnet_build, cuda=v.mxnet_cuda,
+                   allow_cpu_fallback=v.mxnet_allow_cpu_fallback)
+    check = VERIFY.replace("__SITE__", repr(f"{v.mxnet_venv}/lib/python3*/site-packages"))
+    return [
+        FrameworkGate(**options),
+        Apt(("libquadmath0",), cache_max_age=v.apt_cache_max_age, lock_timeout=v.apt_lock_timeout),
+        FrameworkInstall(**options, venv=v.mxnet_venv, numpy=v.mxnet_numpy, notify=("restart jupyter",)
+                         if "jupyter" in v.roles else ()),
+        Verify("mxnet imports, matches the GPUs and computes", f"{q(v.mxnet_venv + '/bin/python')} - <<'PY'\n{check}PY"),
+    ]
