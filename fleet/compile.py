@@ -36,11 +36,12 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
     for name in hosts:
         try:
             merged = host_vars(inventory, name, roleset, overrides, secrets)
-            roles = list(merged["roles"].value or [])
-            roleset.check_names(roles, merged["roles"].source)
+            all_roles = list(merged["roles"].value or [])
+            roleset.check_names(all_roles, merged["roles"].source)
+            roles = all_roles
             if only_roles:
-                roles = [r for r in roles if r in only_roles] if merged["roles"].value else list(only_roles)
-            problems = roleset.validate(name, roles, merged)
+                roles = [r for r in all_roles if r in only_roles] if all_roles else list(only_roles)
+            problems = roleset.validate(name, list(dict.fromkeys(roles + all_roles)), merged)
             if problems:
                 errors += problems
                 continue
@@ -50,7 +51,8 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
                 for knob, rule in roleset.roles[role].spec.items():
                     if rule.get("secret") and values.get(knob):
                         masker.add(values[knob])
-            plans[name] = _role_steps(name, inventory.hosts[name], values, roles, roleset, templates, resolver, secrets)
+            plans[name] = _role_steps(name, inventory.hosts[name], values, roles, all_roles, roleset, templates,
+                                      resolver, secrets)
         except InputErrors as exc:
             errors += exc.errors
         except InputError as exc:
@@ -61,10 +63,12 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
     return plans
 
 
-def _role_steps(name: str, host, values: HostVars, roles: list[str], roleset: RoleSet,
+def _role_steps(name: str, host, values: HostVars, roles: list[str], all_roles: list[str], roleset: RoleSet,
                 templates: Templates, resolver: RefResolver, secrets: CourseSecrets) -> HostPlan:
+    """Steps and verifications of the selected roles; handlers of all the host's roles, so a
+    `--roles mxnet` run that changes the venv still restarts the jupyter role's server."""
     plan = HostPlan(host=host, vars=values, roles=roles)
-    for role in roles:
+    for role in dict.fromkeys(roles + all_roles):
         ctx = RoleContext(role=role, vars=values, templates=templates, resolver=resolver, host=name, secrets=secrets)
         try:
             items = roleset.roles[role].module.steps(values, ctx)
@@ -74,6 +78,8 @@ def _role_steps(name: str, host, values: HostVars, roles: list[str], roleset: Ro
         for item in items:
             if isinstance(item, Handler):
                 plan.handlers.append(item)
+            elif role not in roles:
+                continue
             elif isinstance(item, Verify):
                 plan.verifies.append((role, item))
             elif isinstance(item, Step):
