@@ -19,14 +19,18 @@ INVENTORY = "inventory file, or aws:COURSE (default: $FLEET_INVENTORY, inventory
             "verify": "run every role's verification, not only the cheap ones",
             "insecure-host-keys": "accept any host key and record none (throwaway hosts only)",
             "sudo-password": "read a sudo password from the terminal (prompted, never echoed)",
-            "verbose": "show every step, not only changes"},
+            "verbose": "show every step, not only changes",
+            "connect-timeout": "seconds to wait for a host's SSH (default 10)",
+            "command-timeout": "seconds a host's script may run (default 1800)"},
       iterable=["set"])
 def provision(c, hosts="all", inventory=None, roles=None, check=False, diff=False, set=None, json=None,
-              parallel=20, max_fail=None, verify=False, insecure_host_keys=False, sudo_password=False, verbose=False):
+              parallel=20, max_fail=None, verify=False, insecure_host_keys=False, sudo_password=False, verbose=False,
+              connect_timeout=10, command_timeout=1800):
     """Converge hosts to their roles; re-run any time to repair drift."""
     cli.provision(hosts=hosts, inventory=inventory, roles=roles, check=check, diff=diff, set_=set, json_path=json,
-                  parallel=parallel, max_fail=max_fail, verify=verify, insecure_host_keys=insecure_host_keys,
-                  ask_sudo_password=sudo_password, verbose=verbose)
+                  parallel=int(parallel), max_fail=max_fail, verify=verify, insecure_host_keys=insecure_host_keys,
+                  ask_sudo_password=sudo_password, verbose=verbose, connect_timeout=int(connect_timeout),
+                  command_timeout=int(command_timeout))
 
 
 @task(help={"hosts": HOSTS, "inventory": INVENTORY, "roles": "only these roles", "diff": "show unified diffs",

@@ -27,6 +27,8 @@ mkdir -p STATE/pending
 __put() {
   local dest=$1 mode=$2 owner=$3 group=$4 tmp
   mkdir -p "$(dirname "$dest")"
+  # Temp files an interrupted run left behind never became the target: clear them.
+  rm -f "$(dirname "$dest")"/.fleet-tmp.*
   tmp=$(mktemp "$(dirname "$dest")/.fleet-tmp.XXXXXX") || return 1
   printf %s "$5" | base64 -d > "$tmp" && chmod "$mode" "$tmp" && chown "$owner:$group" "$tmp" \
     && sync "$tmp" && mv -f "$tmp" "$dest" || { rm -f "$tmp"; return 1; }

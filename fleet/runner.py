@@ -208,7 +208,7 @@ def _record_apply(apply: Apply, parsed: dict, plan: HostPlan, result: HostResult
         if change.index in parsed["steps"]:
             rc = parsed["steps"][change.index]
             text = mask(outputs.get(change.index, ""))
-            if rc == KEPT:
+            if rc == KEPT and _last_line(text).startswith("kept:"):
                 record.status, record.message = "ok", (text.strip().splitlines() or [record.message])[-1]
             elif rc != 0:
                 record.status, record.output = "failed", text[-2000:]

@@ -23,7 +23,9 @@ from .facts import Fact
 from .shell import as_user, q
 
 STATE_DIR = "/var/lib/jupyter-fleet"
-KEPT = 100  # exit status a command uses to say "left alone on purpose" (e.g. student work)
+# A command says "left alone on purpose" (e.g. student work) by printing a line starting with
+# "kept:" and exiting with this status; apt's 100 and git's 128 cannot be mistaken for it.
+KEPT = 199
 MAX_DIFF_BYTES = 256 * 1024
 
 

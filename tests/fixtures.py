@@ -120,6 +120,27 @@ def fleet(*args: str, state: Path, inventory: Path | None = None, roles_path: bo
     return Run(proc.returncode, proc.stdout + proc.stderr, data)
 
 
+def start_fleet(*args: str, state: Path, inventory: Path, roles_path: bool = True) -> tuple[subprocess.Popen, Path]:
+    """Start `invoke ...` in the background (for interrupting it); returns the process and its report path."""
+    report = state / f"report-{time.monotonic_ns()}.json"
+    argv = [sys.executable, "-m", "invoke", *args, "--json", str(report), "--inventory", str(inventory)]
+    environment = dict(os.environ, FLEET_STATE_DIR=str(state), COLUMNS="200")
+    if roles_path:
+        environment["FLEET_ROLES_PATH"] = str(PROJECT / "tests" / "roles")
+    proc = subprocess.Popen(argv, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=environment, stdin=subprocess.DEVNULL)
+    return proc, report
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
 def changed_steps(report: dict, host: str) -> list[str]:
     return [s["name"] for s in report["hosts"][host]["steps"] if s["status"] in ("changed", "would change")]
 
