@@ -2,7 +2,9 @@
 all checked before a single connection is opened."""
 from __future__ import annotations
 
+import os
 from functools import partial
+from pathlib import Path
 
 from .errors import InputError, InputErrors
 from .git import RefResolver
@@ -34,6 +36,9 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
     plans: dict[str, HostPlan] = {}
     errors: list[InputError] = []
     for name in hosts:
+        key = inventory.hosts[name].key
+        if key and not os.access(Path(key).expanduser(), os.R_OK):
+            errors.append(InputError(f"cannot read the SSH key file {key}", file=inventory.source, key=f"hosts.{name}.key"))
         try:
             merged = host_vars(inventory, name, roleset, overrides, secrets)
             all_roles = list(merged["roles"].value or [])

@@ -6,6 +6,7 @@ needed, is the first line of that stdin (`sudo -S`), never an argument.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -20,6 +21,8 @@ from .errors import FleetError
 from .inventory import Host
 
 _known_hosts_lock = threading.Lock()
+# Paramiko logs whole tracebacks for refused or dropped connections; we report them ourselves.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 class Unreachable(FleetError):
