@@ -796,6 +796,11 @@ def _stop_on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt   # both signals tear down the same way
 
 
+def detach(hosts: Sequence[TestHost]) -> None:
+    """Leave hosts up after this process ends (owned by the registry until `down`)."""
+    _mark_detached(hosts)
+
+
 def _up(n: int, inventory: Path | None, detach: bool) -> int:
     # explicit for SIGINT too: a shell starts background jobs with SIGINT ignored
     for sig in (signal.SIGINT, signal.SIGTERM):
