@@ -70,7 +70,7 @@ def run_demo(count: int, keep: bool = True) -> int:
     testhosts.controller_setup()
     testhosts.ensure_base()
     url = publish_course()
-    previous = testhosts.registered()
+    previous = testhosts.registered(detached_only=True)
     if previous:
         app.console.print(f"tearing down the previous demo's {len(previous)} hosts")
         testhosts.teardown(previous)
@@ -97,7 +97,7 @@ def run_demo(count: int, keep: bool = True) -> int:
 
 
 def stop_demo() -> None:
-    hosts = testhosts.registered()
+    hosts = testhosts.registered(detached_only=True)  # never the hosts of a test run in progress
     testhosts.teardown(hosts)
     _stop_git()
     LOCAL_INVENTORY.unlink(missing_ok=True)

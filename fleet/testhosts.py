@@ -462,10 +462,12 @@ def _live_detached() -> set[int]:
             if e.get("detached") and _alive(e.get("pid"), e.get("start"))}
 
 
-def registered() -> list[TestHost]:
-    """Hosts this machine has registered, whoever booted them."""
+def registered(detached_only: bool = False) -> list[TestHost]:
+    """Hosts this machine has registered, whoever booted them (or only detached ones: a demo's)."""
     hosts = []
     for k, e in sorted(_registry().items(), key=lambda kv: int(kv[0])):
+        if detached_only and not e.get("detached"):
+            continue
         h = TestHost.for_index(int(k))
         h.pid, h._start = e.get("pid"), e.get("start")
         hosts.append(h)
