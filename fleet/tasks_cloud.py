@@ -13,8 +13,19 @@ from invoke import Exit, task
 from rich.console import Console
 from rich.table import Table
 
-from fleet import cloud
-from fleet.cloud import CloudError
+
+
+class _LazyCloud:
+    """fleet.cloud on first use: boto3 costs ~0.15 s to import, and most commands never touch AWS."""
+
+    def __getattr__(self, name: str):
+        import fleet.cloud
+
+        return getattr(fleet.cloud, name)
+
+
+cloud = _LazyCloud()
+DEFAULT_KEY_DIR = ".fleet/keys"  # the same as fleet.cloud.DEFAULT_KEY_DIR
 
 
 def _console() -> Console:
@@ -64,7 +75,7 @@ def _instances_table(title: str, instances: list[cloud.Instance]) -> Table:
     }
 )
 def launch(c, course=None, count=None, instance_type="g4dn.xlarge", region=None, ami=None, cidr=None,
-           wait_ssh=True, key_dir=str(cloud.DEFAULT_KEY_DIR)):
+           wait_ssh=True, key_dir=DEFAULT_KEY_DIR):
     """Launch the missing instances of a course on EC2 (safe to re-run: never duplicates)."""
     course = _need(course)
     if count is None:
@@ -77,7 +88,7 @@ def launch(c, course=None, count=None, instance_type="g4dn.xlarge", region=None,
     try:
         result = cloud.launch(course, wanted, instance_type=instance_type, region=region, ami=ami,
                               cidr=cidr, key_dir=Path(key_dir), wait_ssh=wait_ssh)
-    except CloudError as exc:
+    except cloud.CloudError as exc:
         raise Exit(f"launch failed: {exc}", 1) from None
     out.print(f"region {result.region}; key pair {result.key_name} ({result.key_action}), "
               f"private key {result.key_file}")
@@ -97,7 +108,7 @@ def status(c, course=None, region=None):
     course = _need(course)
     try:
         rows = cloud.status(course, region)
-    except CloudError as exc:
+    except cloud.CloudError as exc:
         raise Exit(f"status failed: {exc}", 1) from None
     prices = cloud.load_prices()
     table = Table(title=f"course {course}",
@@ -129,7 +140,7 @@ def stop(c, course=None, region=None):
     course = _need(course)
     try:
         acted = cloud.stop(course, region)
-    except CloudError as exc:
+    except cloud.CloudError as exc:
         raise Exit(f"stop failed: {exc}", 1) from None
     _console().print(f"stopping {len(acted)}: " + (", ".join(i.name for i in acted) or "nothing running"))
 
@@ -140,7 +151,7 @@ def start(c, course=None, region=None):
     course = _need(course)
     try:
         acted = cloud.start(course, region)
-    except CloudError as exc:
+    except cloud.CloudError as exc:
         raise Exit(f"start failed: {exc}", 1) from None
     _console().print(f"starting {len(acted)}: " + (", ".join(i.name for i in acted) or "nothing stopped"))
 
@@ -153,7 +164,7 @@ def terminate(c, course=None, region=None, yes=False):
     out = _console()
     try:
         targets = cloud.course_instances(course, region)
-    except CloudError as exc:
+    except cloud.CloudError as exc:
         raise Exit(f"terminate failed: {exc}", 1) from None
     if not targets:
         out.print(f"course {course}: no instances to terminate")
@@ -169,7 +180,7 @@ def terminate(c, course=None, region=None, yes=False):
             raise Exit("not confirmed: nothing terminated", 1)
     try:
         acted = cloud.terminate(course, region)
-    except CloudError as exc:
+    except cloud.CloudError as exc:
         raise Exit(f"terminate failed: {exc}", 1) from None
     out.print(f"terminating {len(acted)}: " + ", ".join(i.name for i in acted))
     out.print(f"kept for re-use: key pair and security group {cloud.group_name(course)}")
@@ -178,13 +189,13 @@ def terminate(c, course=None, region=None, yes=False):
 @task(help={"course": "course name", "out": "output file (default inventory/<course>-aws.yml)",
             "region": "AWS region (default: from your profile)", "user": "SSH login user",
             "key-dir": "where the course private key lives (default .fleet/keys)"})
-def snapshot(c, course=None, out=None, region=None, user="ubuntu", key_dir=str(cloud.DEFAULT_KEY_DIR)):
+def snapshot(c, course=None, out=None, region=None, user="ubuntu", key_dir=DEFAULT_KEY_DIR):
     """Write the course's running instances as a static YAML inventory file."""
     course = _need(course)
     path = Path(out) if out else Path("inventory") / f"{course}-aws.yml"
     try:
         written = cloud.write_snapshot(course, path, region, user=user, key_dir=key_dir)
-    except CloudError as exc:
+    except cloud.CloudError as exc:
         raise Exit(f"snapshot failed: {exc}", 1) from None
     hosts = len(yaml.safe_load(written.read_text()).get("hosts") or {})
     _console().print(f"wrote {written} ({hosts} running hosts)")

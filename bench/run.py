@@ -1,0 +1,185 @@
+"""The benchmark behind `invoke bench`: cold provision, no-op re-runs and drift repair on
+local test hosts (root needed), measured through the real CLI as a user runs it.
+
+Workload (issue 7): apt python3-venv and git; a venv at /opt/jupyter with notebook and
+ipyparallel; the Jupyter config and unit from templates with per-host values; the service
+enabled, running and restarted on change; a git repo served from the controller cloned to
+/home/ubuntu/course; /home/ubuntu/notebooks owned by ubuntu, mode 0755.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from fleet import testhosts
+
+PROJECT = Path(__file__).resolve().parent.parent
+console = Console(highlight=False)
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine (controller and every host), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def provision(state: Path, inventory: Path, *args: str) -> dict:
+    """Run `invoke provision` once; wall time, machine CPU, the controller's peak memory and the report."""
+    report = state / "report.json"
+    report.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "invoke", "provision", "--inventory", str(inventory), "--json", str(report),
+            "--parallel", "30", *args]
+    env = dict(os.environ, FLEET_STATE_DIR=str(state))
+    cpu0, t0 = machine_cpu_seconds(), time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.communicate()[0]
+    wall, cpu = time.perf_counter() - t0, machine_cpu_seconds() - cpu0
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return {"rc": proc.returncode, "wall": wall, "cpu": cpu, "report": data, "output": output}
+
+
+def peak_rss_mib(state: Path, inventory: Path) -> float:
+    """The controller's peak resident memory during a no-op run (ru_maxrss of the child)."""
+    argv = [sys.executable, "-m", "invoke", "provision", "--inventory", str(inventory), "--parallel", "30"]
+    proc = subprocess.Popen(argv, cwd=PROJECT, env=dict(os.environ, FLEET_STATE_DIR=str(state)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, _, usage = os.wait4(proc.pid, 0)
+    return usage.ru_maxrss / 1024
+
+
+def serve_repo(root: Path) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ, GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b")
+    work, bare = root / "course", root / "course.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    (work / "README.md").write_text("# bench course\n")
+    for cmd in (["add", "-A"], ["commit", "-q", "-m", "bench"], ["push", "-q", str(bare), "main"]):
+        subprocess.run(["git", "-C", str(work), *cmd], check=True, env=env)
+    import socket
+    with socket.socket() as s:
+        s.bind((testhosts.CONTROLLER_ALIAS, 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}",
+                             f"--listen={testhosts.CONTROLLER_ALIAS}", f"--port={port}", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return proc, f"git://{testhosts.CONTROLLER_ALIAS}:{port}/course.git"
+
+
+def write_inventory(hosts, path: Path, url: str) -> None:
+    testhosts.write_inventory(hosts, path, vars={
+        "name": None, "roles": ["jupyter", "repos"], "jupyter_extra_packages": ["ipyparallel==9.2.0"],
+        "repos_base": "/home/ubuntu", "repos_list": [{"url": url, "dest": "course", "ref": "main"}]})
+    data = yaml.safe_load(path.read_text())
+    del data["vars"]["name"]
+    data["name"] = "bench"
+    for index, name in enumerate(data["hosts"]):
+        data["hosts"][name]["vars"] = {"jupyter_port": 8800 + index}  # a per-host value in the templates
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def per_host(report: dict, key: str) -> float:
+    values = [h[key] for h in report["hosts"].values()]
+    return max(values) if values else 0
+
+
+def measure(n: int, url: str, workdir: Path) -> dict:
+    state = workdir / f"state-{n}"
+    state.mkdir()
+    inventory = state / "bench.yml"
+    t0 = time.perf_counter()
+    hosts = testhosts.boot(n)
+    boot_s = time.perf_counter() - t0
+    try:
+        write_inventory(hosts, inventory, url)
+        cold = provision(state, inventory)
+        if cold["rc"] != 0:
+            raise SystemExit(f"cold provision failed:\n{cold['output'][-3000:]}")
+        slowest = max(cold["report"]["hosts"].values(), key=lambda h: h["seconds"])
+        noops = [provision(state, inventory) for _ in range(3)]
+        for run in noops:
+            changed = [h for h, r in run["report"]["hosts"].items() if r["status"] != "ok"]
+            if run["rc"] != 0 or changed:
+                raise SystemExit(f"a no-op run changed {changed}:\n{run['output'][-3000:]}")
+        result = {
+            "hosts": n, "boot_s": round(boot_s, 2), "cold_s": round(cold["wall"], 1),
+            "cold_slowest_host_s": slowest["seconds"],
+            "noop_median_s": round(statistics.median(r["wall"] for r in noops), 2),
+            "noop_cpu_s_per_host": round(statistics.median(r["cpu"] for r in noops) / n, 3),
+            "connections_per_host": per_host(noops[-1]["report"], "connections"),
+            "commands_per_host": per_host(noops[-1]["report"], "commands"),
+        }
+        if n >= 10:
+            result["drift"] = drift(hosts, state, inventory)
+        if n >= 30 or n == max(COUNTS):
+            result["controller_peak_mib"] = round(peak_rss_mib(state, inventory), 1)
+        return result
+    finally:
+        testhosts.teardown(hosts)
+
+
+def drift(hosts, state: Path, inventory: Path) -> dict:
+    victims = hosts[1:4]
+    for h in victims:
+        h.run("sudo -n bash -c 'echo \"# drift\" >> /etc/jupyter/jupyter_server_config.py && "
+              "systemctl stop jupyter && rm -rf /home/ubuntu/course'")
+    run = provision(state, inventory)
+    changed = sorted(h for h, r in run["report"]["hosts"].items() if r["status"] == "changed")
+    api_ok = all(all(v["ok"] for v in r["verifies"]) and r["verifies"] for r in run["report"]["hosts"].values())
+    repaired = all(h.run("test -d /home/ubuntu/course/.git && systemctl is-active -q jupyter && "
+                         "! grep -q drift /etc/jupyter/jupyter_server_config.py", check=False).returncode == 0
+                   for h in victims)
+    return {"hosts": len(hosts), "drifted": [h.name for h in victims], "seconds": round(run["wall"], 2),
+            "reported_changed": changed, "exact": changed == sorted(h.name for h in victims),
+            "api_verified_all": bool(api_ok), "repaired": repaired}
+
+
+COUNTS: list[int] = []
+
+
+def main(counts: list[int], json_path: str) -> int:
+    COUNTS[:] = counts
+    if os.geteuid() != 0:
+        console.print("the benchmark boots local test hosts: run it as root")
+        return 1
+    testhosts.controller_setup()
+    testhosts.ensure_base()
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "git").mkdir()
+        git, url = serve_repo(workdir / "git")
+        try:
+            results = []
+            for n in counts:
+                console.print(f"[bold]{n} hosts[/]: boot, cold provision, 3 no-op runs" + (", drift repair" if n >= 10 else ""))
+                results.append(measure(n, url, workdir))
+                console.print(results[-1])
+        finally:
+            git.terminate()
+    table = Table(title="Jupyter Fleet benchmark (2 cores shared by the controller and the hosts)")
+    for column in ("hosts", "cold s", "no-op s (median of 3)", "CPU s/host", "connections/host", "commands/host",
+                   "drift repair", "controller peak"):
+        table.add_column(column, justify="right")
+    for r in results:
+        d = r.get("drift")
+        table.add_row(str(r["hosts"]), f"{r['cold_s']}", f"{r['noop_median_s']}", f"{r['noop_cpu_s_per_host']}",
+                      str(r["connections_per_host"]), str(r["commands_per_host"]),
+                      f"{d['seconds']} s, exact={d['exact']}, repaired={d['repaired']}" if d else "",
+                      f"{r['controller_peak_mib']} MiB" if "controller_peak_mib" in r else "")
+    console.print(table)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": {"cpus": os.cpu_count()}, "results": results}
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(out, indent=2))
+    console.print(f"wrote {json_path}")
+    return 0
