@@ -64,6 +64,13 @@ class Role:
     spec: dict[str, dict]
 
     @cached_property
+    def prefix(self) -> str:
+        """The knob prefix: what all its knobs share up to an underscore (julia_kernel -> julia_)."""
+        names = list(self.spec) or [self.name + "_"]
+        common = os.path.commonprefix(names)
+        return common[: common.rfind("_") + 1] or self.name + "_"
+
+    @cached_property
     def module(self):
         if self.path.parent == ROLES_DIR:
             if str(PROJECT) not in sys.path:
@@ -131,7 +138,7 @@ class RoleSet:
         for role in self.roles.values():
             known |= set(role.spec)
         for key, var in merged.items():
-            role = next((r for r in self.roles if key.startswith(r + "_")), None)
+            role = next((r for r in self.roles if key.startswith(self.roles[r].prefix)), None)
             if role and key not in known:
                 close = difflib.get_close_matches(key, list(self.roles[role].spec), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
