@@ -51,7 +51,11 @@ CASES = [
     ("no kernels no terminals", [], [], OLD_STATUS, [], 5 * HOUR, True, "idle"),
     ("status without last_activity", [], [], {"started": ago(600)}, [], 5 * HOUR, True, "no activity"),
     ("busy kernel, old activity", [kernel("busy", 300)], [], OLD_STATUS, [], 5 * HOUR, False, "busy"),
-    ("starting kernel", [kernel("starting", 300)], [], OLD_STATUS, [], 5 * HOUR, False, "starting"),
+    ("starting kernel", [kernel("starting", 2)], [], OLD_STATUS, [], 5 * HOUR, False, "kernel k1 is starting"),
+    # Jupyter Server keeps a kernel nobody ever connected to in "starting" for ever.
+    ("kernel stuck starting", [kernel("starting", 300)], [], OLD_STATUS, [], 5 * HOUR, True, "(1 never connected)"),
+    ("stuck starting, timestamp unreadable", [dict(kernel("starting"), last_activity="?")], [], OLD_STATUS, [],
+     5 * HOUR, False, "starting"),
     ("one of two kernels busy", [kernel(), kernel("busy", 200, "k2")], [], OLD_STATUS, [], 5 * HOUR, False, "k2"),
     ("recent kernel activity", [kernel("idle", 5)], [], OLD_STATUS, [], 5 * HOUR, False, "kernel k1 active 5m ago"),
     ("recent terminal activity", [kernel()], [{"name": "7", "last_activity": ago(2)}], OLD_STATUS, [], 5 * HOUR, False, "terminal 7"),
@@ -196,6 +200,8 @@ def test_dry_run_decides_but_does_not_act(jupyter, tmp_path):
     result, reason, acted = idle.check(config, sessions=[], uptime=5 * HOUR, dry_run=True)
     assert (result, acted) == (True, False), reason
     assert not (tmp_path / "stopped").exists()
+    state = json.loads((tmp_path / "state" / "idle.json").read_text())
+    assert state["dry_run"] is True and state["poweroff"] is False
 
 
 def test_wrong_token_is_unknown_not_idle(jupyter, tmp_path, capsys):
@@ -242,3 +248,90 @@ def test_script_is_stdlib_only_and_executable():
     imported = {line.split()[1].split(".")[0] for line in source.splitlines()
                 if line.startswith(("import ", "from "))}
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+# ------------------------------------------------- the role that installs it
+
+
+def _autostop_plan(tmp_path, monkeypatch, **knobs):
+    """The autostop role's compiled steps for one host (controller side, no host needed)."""
+    from fleet.app import Session
+    from fleet.compile import compile_plans
+
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path / "state"))
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"name": "demo", "vars": {"roles": ["jupyter", "autostop"], **knobs},
+                                     "hosts": {"h1": {"address": "10.0.0.1"}}}))
+    session = Session.open(str(inventory))
+    plans = compile_plans(session.inventory, ["h1"], roleset=session.roleset, overrides={}, only_roles=None,
+                          secrets=session.secrets, masker=session.masker)
+    plan = plans["h1"]
+    steps = {step.name: step for role, step in plan.steps if role == "autostop"}
+    verifies = [v for role, v in plan.verifies if role == "autostop"]
+    return plan, steps, verifies
+
+
+def test_role_installs_script_config_token_and_timer(tmp_path, monkeypatch):
+    plan, steps, verifies = _autostop_plan(tmp_path, monkeypatch, autostop_idle_minutes=5,
+                                           autostop_poweroff_command="touch '/run/would stop'")
+    script = steps["file /usr/local/sbin/fleet-idle-check"]
+    assert (script.mode, script.content) == ("0755", SCRIPT.read_bytes())
+    token = steps["token file /etc/jupyter-fleet/jupyter-token"]
+    assert (token.owner, token.group, token.mode, token.secret) == ("root", "root", "0600", True)
+    assert token.content.decode().strip() == plan.vars.jupyter_token
+    config = json.loads(steps["template autostop.json.j2 -> /etc/jupyter-fleet/autostop.json"].content)
+    assert config == {"idle_minutes": 5, "jupyter_url": "http://127.0.0.1:8888",
+                      "token_file": "/etc/jupyter-fleet/jupyter-token",
+                      "state_file": "/var/lib/jupyter-fleet/idle-state.json",
+                      "poweroff_command": ["touch", "/run/would stop"], "ssh_check": "logins", "timeout_s": 5}
+    # the rendered config is one the script accepts
+    (tmp_path / "autostop.json").write_text(json.dumps(config))
+    assert idle.load_config(tmp_path / "autostop.json")["idle_minutes"] == 5.0
+    service = steps["template fleet-idle-check.service.j2 -> /etc/systemd/system/fleet-idle-check.service"]
+    assert b"Type=oneshot" in service.content and service.notify == ("reload autostop units",)
+    timer = steps["template fleet-idle-check.timer.j2 -> /etc/systemd/system/fleet-idle-check.timer"]
+    assert b"OnUnitActiveSec=1min" in timer.content and b"WantedBy=timers.target" in timer.content
+    unit = steps["service fleet-idle-check.timer"]
+    assert (unit.enabled, unit.running) == (True, True)
+    assert steps["apt python3"].packages == ("python3",)
+    assert len(verifies) == 1 and "--dry-run" in verifies[0].script
+    assert plan.vars.jupyter_token not in verifies[0].script
+
+
+def test_role_disabled_stops_the_timer_and_skips_the_dry_run(tmp_path, monkeypatch):
+    _, steps, verifies = _autostop_plan(tmp_path, monkeypatch, autostop_enabled=False)
+    unit = steps["service fleet-idle-check.timer"]
+    assert (unit.enabled, unit.running) == (False, False)
+    assert verifies == []
+
+
+def test_role_connections_check_installs_ss_and_url_follows_jupyter_ip(tmp_path, monkeypatch):
+    _, steps, _ = _autostop_plan(tmp_path, monkeypatch, autostop_ssh_check="connections", jupyter_ip="::1",
+                                 jupyter_port=8890)
+    assert steps["apt python3 iproute2"].packages == ("python3", "iproute2")
+    config = json.loads(steps["template autostop.json.j2 -> /etc/jupyter-fleet/autostop.json"].content)
+    assert config["jupyter_url"] == "http://[::1]:8890" and config["ssh_check"] == "connections"
+
+
+@pytest.mark.parametrize("knobs,key,message", [
+    ({"autostop_idle_minutes": 0}, "autostop_idle_minutes", "at least 1"),
+    ({"autostop_interval": "every minute"}, "autostop_interval", "time span"),
+    ({"autostop_interval": "0s"}, "autostop_interval", "time span"),
+    ({"autostop_poweroff_command": "systemctl 'poweroff"}, "autostop_poweroff_command", "cannot split"),
+    ({"autostop_poweroff_command": "  "}, "autostop_poweroff_command", "empty"),
+    ({"jupyter_auth": "password", "jupyter_password": "pw"}, "jupyter_auth", "jupyter_auth=token"),
+    ({"autostop_ssh_check": "who"}, "autostop_ssh_check", "one of"),
+    ({"autostop_idle_minute": 5}, "autostop_idle_minute", "did you mean autostop_idle_minutes"),
+])
+def test_role_rejects_bad_knobs_before_any_host(tmp_path, monkeypatch, knobs, key, message):
+    from fleet.errors import InputError, InputErrors
+
+    with pytest.raises((InputError, InputErrors)) as caught:
+        _autostop_plan(tmp_path, monkeypatch, **knobs)
+    assert key in str(caught.value) and message in str(caught.value)
+
+
+def test_role_password_auth_is_fine_when_disabled(tmp_path, monkeypatch):
+    _, steps, _ = _autostop_plan(tmp_path, monkeypatch, jupyter_auth="password", jupyter_password="pw",
+                                 autostop_enabled=False)
+    assert not steps["service fleet-idle-check.timer"].running
