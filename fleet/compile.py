@@ -52,8 +52,8 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
                 continue
             values = HostVars.from_merged(merged)
             masker.add_vars(values)
-            for role in roles:
-                for knob, rule in roleset.roles[role].spec.items():
+            for role in roleset.roles.values():  # every role's secrets, used by this host's roles or not
+                for knob, rule in role.spec.items():
                     if rule.get("secret") and values.get(knob):
                         masker.add(values[knob])
             plans[name] = _role_steps(name, inventory.hosts[name], values, roles, all_roles, roleset, templates,

@@ -128,8 +128,9 @@ def _verify_body(verify: Verify, attempts: int) -> str:
     body = as_user(verify.user, verify.script)
     if attempts <= 1:
         return f"( {body}\n) 2>&1"
-    return f"( for __i in $(seq {attempts}); do ( {body}\n) >/tmp/.fleet-verify.$$ 2>&1 && break; sleep 1; done; " \
-           f"__rc=$?; cat /tmp/.fleet-verify.$$; rm -f /tmp/.fleet-verify.$$; exit $__rc )"
+    # The status of the last attempt is the verdict (not that of the loop's `sleep`).
+    return (f"( __out=$(mktemp); for __i in $(seq {attempts}); do if ( {body}\n) >\"$__out\" 2>&1; then __rc=0; break; "
+            f"else __rc=$?; fi; sleep 1; done; cat \"$__out\"; rm -f \"$__out\"; exit $__rc )")
 
 
 @dataclass
