@@ -169,3 +169,34 @@ def test_unreachable_repository_fails_that_item_only(course, git_server):  # noq
     other = next(s for name, s in steps.items() if "course2" in name)
     assert other["status"] == "changed"
     assert sh(hosts[1], "test -d /home/ubuntu/notebooks/course2/.git", check=False).returncode == 0
+
+
+ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parent.parent / "artifacts"
+
+
+def test_jupyterlab_launcher_in_headless_chromium(course):
+    """JupyterLab through the tunnel in Debian's Chromium (no browser download): the launcher shows
+    the Python kernel, and the IPython Clusters sidebar is there. The screenshot is kept as an artifact."""
+    from playwright.sync_api import sync_playwright
+
+    hosts, state, inventory, _ = course
+    host = hosts[1]  # still on port 8888
+    token = tokens(state, inventory)[host.name]["url"].split("token=")[1]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "jupyterlab-launcher.png"
+    with ssh_tunnel(host, 8888) as port, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"http://127.0.0.1:{port}/lab?token={token}", timeout=60_000)
+            card = page.locator(".jp-LauncherCard", has_text="Python 3").first
+            card.wait_for(timeout=60_000)
+            page.screenshot(path=str(shot))
+            assert card.is_visible()
+            sidebar = page.locator("[title*='Cluster'], [data-id*='cluster'], [id*='cluster']")
+            assert sidebar.count() > 0, "no IPython Clusters panel in JupyterLab's sidebar"
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000

@@ -74,3 +74,14 @@ def test_gpu_only_course_is_refused_before_installing_anything(kernels):
     assert steps[0]["name"] == "mxnet build check" and steps[0]["status"] == "failed"
     assert steps[0]["message"].startswith("refused:")
     assert {s["status"] for s in steps[1:]} == {"skipped"}
+
+
+def test_gpus_and_facts_tables(kernels):
+    host, state, inventory, _ = kernels
+    gpus = fleet("gpus", state=state, inventory=inventory)
+    assert gpus.rc == 0, gpus.output
+    row = next(line for line in gpus.output.splitlines() if line.strip().startswith(host.name))
+    assert "mxnet" in row and "yes" in row, gpus.output  # no GPU: the CPU build, which can run
+    facts = fleet("facts", state=state, inventory=inventory)
+    assert facts.rc == 0, facts.output
+    assert "Debian GNU/Linux 12" in facts.output and "x86_64" in facts.output or "aarch64" in facts.output

@@ -1,0 +1,58 @@
+"""The mxnet role's gate and install plans on recorded nvidia-smi outputs (tests as data)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.gpu import GPU_FACT
+from fleet.steps import venv_fact
+from roles.mxnet import FrameworkGate, FrameworkInstall
+
+DATA = Path(__file__).parent / "data" / "gpu"
+VENV = "/opt/jupyter"
+
+
+def facts(recording: str, installed: dict | None) -> dict:
+    return {GPU_FACT.key: GPU_FACT.parse((DATA / f"{recording}.txt").read_text()), venv_fact(VENV).key: installed}
+
+
+CASES = [
+    # (recording, options, installed packages, changed, failed, message fragment, command fragments)
+    ("no-driver", {}, {}, True, False, "install mxnet==1.9.1", ["-q mxnet==1.9.1 'numpy<1.24'"]),
+    ("t4", {}, {}, True, False, "install mxnet-cu117==1.9.1", ["mxnet-cu117==1.9.1"]),
+    ("a10g", {}, {}, True, False, "install mxnet-cu114==1.9.1", ["mxnet-cu114==1.9.1"]),
+    ("2x-v100", {}, {}, True, False, "install mxnet-cu110==1.9.1", ["mxnet-cu110==1.9.1"]),
+    ("t4", {"prefer": "cpu"}, {}, True, False, "install mxnet==1.9.1", ["-q mxnet==1.9.1 "]),
+    ("t4", {}, {"mxnet": "1.9.1", "numpy": "1.23.5"}, True, False, "replacing mxnet",
+     ["uninstall -y -q mxnet", "mxnet-cu117==1.9.1"]),
+    ("t4", {}, {"mxnet-cu117": "1.9.1", "numpy": "1.23.5"}, False, False, "mxnet-cu117==1.9.1 already installed", []),
+    ("t4", {}, {"mxnet-cu117": "1.9.1", "numpy": "1.26.4"}, True, False, "install", ["'numpy<1.24'"]),
+    ("h200", {}, {}, False, True, "refused: compute capability 9.0", []),
+    ("h100", {"allow_cpu_fallback": True}, {}, True, False, "install mxnet==1.9.1", ["-q mxnet==1.9.1 "]),
+    ("k80-old-driver", {}, {}, False, True, "refused: driver 410.48", []),
+    ("no-driver", {"prefer": "gpu"}, {}, False, True, "refused", []),
+]
+
+
+@pytest.mark.parametrize("recording,options,installed,changed,failed,message,commands", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_install_plan(recording, options, installed, changed, failed, message, commands):
+    outcome = FrameworkInstall(**options, venv=VENV).plan(facts(recording, installed))
+    assert (outcome.changed, outcome.failed) == (changed, failed), outcome
+    assert message in outcome.message
+    for fragment in commands:
+        assert any(fragment in c for c in outcome.commands), outcome.commands
+
+
+@pytest.mark.parametrize("recording,failed,fragment", [
+    ("no-driver", False, "mxnet 1.9.1"),
+    ("t4", False, "mxnet-cu117 1.9.1"),
+    ("h200", True, "refused: compute capability 9.0 (NVIDIA H200)"),
+])
+def test_gate_decides_before_anything_is_installed(recording, failed, fragment):
+    gate = FrameworkGate()
+    assert gate.facts() == [GPU_FACT]  # the gate reads GPU facts only: it runs before any install
+    outcome = gate.plan(facts(recording, None))
+    assert outcome.failed is failed and not outcome.changed and outcome.commands == []
+    assert fragment in outcome.message
