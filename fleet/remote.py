@@ -156,8 +156,11 @@ class Apply:
             touch = f"touch {' '.join(map(q, markers))}\n" if markers else ""
             body = "\n".join(change.outcome.commands)
             stop = "" if not change.step.critical else f"if [ $__rc -ne 0 ] && [ $__rc -ne {KEPT} ]; then mark abort; exit 1; fi\n"
+            # Starting a stopped unit loads every change made so far: its pending restart is moot.
+            moot = [h.marker for h in self.handlers if h.unit and h.unit == change.outcome.starts]
+            clear = f"[ $__rc -eq 0 ] && rm -f {' '.join(map(q, moot))}\n" if moot else ""
             parts.append(f"mark step {change.index}\n{touch}( set -e\n{body}\n) 2>&1 </dev/null\n"
-                         f"__rc=$?; mark rc $__rc\n{stop}")
+                         f"__rc=$?; mark rc $__rc\n{clear}{stop}")
         for handler in self.handlers:
             if handler.marker in self.notified:
                 parts.append(f"if [ -e {q(handler.marker)} ]; then mark handler {handler.name}\n"

@@ -36,6 +36,7 @@ class Outcome:
     commands: list[str] = field(default_factory=list)
     diff: str | None = None
     failed: bool = False
+    starts: str | None = None  # a unit this change starts fresh: a pending restart of it is moot
 
 
 class Step:
@@ -373,7 +374,8 @@ class Service(Step):
             return Outcome(False, f"{self.unit} already {'enabled' if self.enabled else 'disabled'} and "
                                   f"{'running' if self.running else 'stopped'}")
         # A unit file written earlier in this run is only seen after a reload.
-        return Outcome(True, f"{' and '.join(said)} {self.unit}", ["systemctl daemon-reload"] + commands)
+        return Outcome(True, f"{' and '.join(said)} {self.unit}", ["systemctl daemon-reload"] + commands,
+                       starts=self.unit if self.running and not is_running else None)
 
 
 @dataclass
@@ -455,6 +457,7 @@ class Handler:
 
     name: str
     command: str
+    unit: str | None = None  # the unit it restarts: a run that starts that unit fresh skips it
 
     @property
     def marker(self) -> str:

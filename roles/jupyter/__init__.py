@@ -31,7 +31,8 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
         Absent(f"{home}/.jupyter/jupyter_server_config.json", notify=restart, reason="it would override the managed config"),
         ctx.template("jupyter.service.j2", f"/etc/systemd/system/{v.jupyter_service}.service", notify=restart),
         Service(v.jupyter_service, enabled=True, running=True),
-        Handler("restart jupyter", f"systemctl daemon-reload && systemctl restart {q(v.jupyter_service)}"),
+        Handler("restart jupyter", f"systemctl daemon-reload && systemctl restart {q(v.jupyter_service)}",
+                unit=v.jupyter_service),
         Verify("jupyter answers /api and /api/status with the token", _api_check(v), every_run=True, attempts=30),
     ]
 

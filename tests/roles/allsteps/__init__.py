@@ -24,7 +24,7 @@ def steps(v, ctx):
         Service("allsteps"),
         Git(v.allsteps_repo, "/home/student/course", "main", user="student", resolver=ctx.resolver),
         Command("echo built > /srv/allsteps/built", creates="/srv/allsteps/built"),
-        Handler("restart allsteps", "systemctl daemon-reload && systemctl restart allsteps"),
+        Handler("restart allsteps", "systemctl daemon-reload && systemctl restart allsteps", unit="allsteps"),
         Verify("allsteps serves its folder", "curl -fsS http://127.0.0.1:8123/allsteps.conf | grep -q message",
                every_run=True, attempts=20),
     ]
