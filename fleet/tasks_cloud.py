@@ -134,26 +134,26 @@ def status(c, course=None, region=None):
     _console().print(table)
 
 
+def _power(action: str, doing: str, course: str | None, region: str | None, none_left: str) -> None:
+    """stop or start: act on the course's managed instances and say which."""
+    course = _need(course)
+    try:
+        acted = getattr(cloud, action)(course, region)
+    except cloud.CloudError as exc:
+        raise Exit(f"{action} failed: {exc}", 1) from None
+    _console().print(f"{doing} {len(acted)}: " + (", ".join(i.name for i in acted) or none_left))
+
+
 @task(help={"course": "course name", "region": "AWS region (default: from your profile)"})
 def stop(c, course=None, region=None):
     """Stop the course's running instances (disks and data are kept; compute billing stops)."""
-    course = _need(course)
-    try:
-        acted = cloud.stop(course, region)
-    except cloud.CloudError as exc:
-        raise Exit(f"stop failed: {exc}", 1) from None
-    _console().print(f"stopping {len(acted)}: " + (", ".join(i.name for i in acted) or "nothing running"))
+    _power("stop", "stopping", course, region, "nothing running")
 
 
 @task(help={"course": "course name", "region": "AWS region (default: from your profile)"})
 def start(c, course=None, region=None):
     """Start the course's stopped instances (public IPs change: re-snapshot afterwards)."""
-    course = _need(course)
-    try:
-        acted = cloud.start(course, region)
-    except cloud.CloudError as exc:
-        raise Exit(f"start failed: {exc}", 1) from None
-    _console().print(f"starting {len(acted)}: " + (", ".join(i.name for i in acted) or "nothing stopped"))
+    _power("start", "starting", course, region, "nothing stopped")
 
 
 @task(help={"course": "course name", "region": "AWS region (default: from your profile)",

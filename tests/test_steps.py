@@ -173,3 +173,26 @@ def test_unit_fact_parser():
     fact = unit_fact("jupyter")
     assert fact.parse("LoadState=loaded\nActiveState=active\nUnitFileState=enabled\n") == {
         "LoadState": "loaded", "ActiveState": "active", "UnitFileState": "enabled"}
+
+
+def test_user_git_and_apt_age_fact_parsers(tmp_path):
+    user = User("root").facts()[0]
+    root = run_fact(user)
+    assert root["home"] == "/root" and "root" in root["groups"] and root["shell"].startswith("/")
+    assert User("no-such-user-xyz").plan({"user:no-such-user-xyz": run_fact(User("no-such-user-xyz").facts()[0])}).changed
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "remote", "add", "origin", "git://srv/course.git"], check=True)
+    (repo / "a.txt").write_text("a\n")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "x"], check=True, env=env)
+    step = Git("git://srv/course.git", str(repo), "main", resolver=FakeResolver())
+    info = run_fact(step.facts()[0])
+    assert info["url"] == "git://srv/course.git" and len(info["head"]) == 40 and info["dirty"] == 0
+    (repo / "a.txt").write_text("student edit\n")
+    (repo / "new.ipynb").write_text("{}")  # untracked files are not "local changes": they survive a checkout
+    assert run_fact(step.facts()[0])["dirty"] == 1
+    assert run_fact(Git("git://srv/x.git", str(tmp_path / "none"), "main", resolver=FakeResolver()).facts()[0]) is None
+    assert APT_AGE.parse("120\n") == 120 and APT_AGE.parse("") == 10**9
