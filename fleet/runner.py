@@ -170,7 +170,7 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: HostConnect
         return
     if changes or notified or any(not v.every_run for v in verifies):
         apply = Apply(changes, plan.handlers, notified, verifies)
-        rc, output = _run_apply(conn, apply)
+        rc, output = conn.run_script(apply.script())
         _record_apply(apply, apply.parse(output), plan, result, mask)
     else:
         result.verifies = [{"name": v.name, "ok": probe_verifies[i][0], "output": mask(probe_verifies[i][1].strip()[-500:])}
@@ -186,25 +186,11 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: HostConnect
         result.status = "changed"
 
 
-def _run_apply(conn: HostConnection, apply: Apply) -> tuple[int, str]:
-    try:
-        return conn.run_script(apply.script())
-    except ConnectionCut as exc:
-        exc.output = exc.output  # keep partial output for the message
-        raise
-
-
 def _record_apply(apply: Apply, parsed: dict, plan: HostPlan, result: HostResult, mask: Masker) -> None:
-    by_index = {r_index: r for r_index, r in enumerate(result.steps)}
-    step_rows = {}
-    row = 0
-    for index, (role, step) in enumerate(plan.steps):
-        step_rows[index] = row
-        row += 1
     outputs = parsed.get("steps_output", {})
     aborted_after = None
     for change in apply.changes:
-        record = by_index[step_rows[change.index]]
+        record = result.steps[change.index]  # one result per plan step, in order
         if change.index in parsed["steps"]:
             rc = parsed["steps"][change.index]
             text = mask(outputs.get(change.index, ""))
