@@ -56,10 +56,17 @@ class RefResolver:
 
 
 def _parse_checkout(text: str) -> dict | None:
+    """`git status --porcelain=v2 --branch` then `url=...`: head, origin url and tracked changes."""
     if text.strip() == "ABSENT":
         return None
-    info = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    info["dirty"] = int(info.get("dirty") or 0)
+    info: dict = {"head": "", "url": "", "dirty": 0}
+    for line in text.splitlines():
+        if line.startswith("# branch.oid "):
+            info["head"] = line.split()[2]
+        elif line.startswith("url="):
+            info["url"] = line[4:].strip()
+        elif line.strip() and not line.startswith("#"):
+            info["dirty"] += 1
     return info
 
 
@@ -81,10 +88,9 @@ class Git(Step):
     def facts(self, diff: bool = False) -> list[Fact]:
         d = q(self.dest)
         git = f"git -c safe.directory='*' -C {d}"
-        cmd = (f"if [ -d {d}/.git ]; then echo head=$({git} rev-parse HEAD 2>/dev/null); "
-               f"echo url=$({git} remote get-url origin 2>/dev/null); "
-               f"echo dirty=$({git} status --porcelain --untracked-files=no 2>/dev/null | wc -l); "
-               "else echo ABSENT; fi")
+        # Two git processes: status gives the head and the tracked changes, config the origin.
+        cmd = (f"if [ -d {d}/.git ]; then {git} status --porcelain=v2 --branch --untracked-files=no 2>/dev/null; "
+               f"printf url=; {git} config --get remote.origin.url; else echo ABSENT; fi")
         return [Fact(f"git:{self.dest}", cmd, _parse_checkout)]
 
     def plan(self, facts: dict[str, Any]) -> Outcome:

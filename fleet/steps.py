@@ -474,4 +474,4 @@ class Verify:
     script: str
     user: str | None = None
     every_run: bool = False
-    attempts: int = 1  # retried once a second, e.g. while a service starts
+    wait_s: int = 0  # after changes, retried every 0.2 s for this long, e.g. while a service starts

@@ -9,6 +9,9 @@ import yaml
 
 from .errors import InputError, InputErrors
 
+# libyaml's parser when PyYAML was built with it: parsing is most of a no-op run's start-up.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 Lines = dict[tuple, int]
 
 
@@ -18,14 +21,17 @@ def load(path: Path) -> tuple[Any, Lines]:
         text = path.read_text()
     except OSError as exc:
         raise InputError(f"cannot read file ({exc.strerror})", file=str(path)) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+    loader = _Loader(text)
+    try:  # one parse: the node tree gives line numbers, the same tree gives the data
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise InputError(f"invalid YAML: {problem}", file=where) from None
+    finally:
+        loader.dispose()
     lines: Lines = {}
     _record_lines(node, (), lines, path)
     return data, lines

@@ -50,7 +50,7 @@ def test_first_provision_converges_and_verifies(course):
         result = first.report["hosts"][host.name]
         assert result["status"] == "changed"
         verified = {v["name"]: v["ok"] for v in result["verifies"]}
-        assert verified == {"jupyter answers /api and /api/status with the token": True,
+        assert verified == {"jupyter answers /api/status with the token": True,
                             "a 2-engine cluster runs a task on both engines": True}, result["verifies"]
         cluster = next(v for v in result["verifies"] if "cluster" in v["name"])
         assert "2 engines answered" in cluster["output"]

@@ -26,5 +26,5 @@ def steps(v, ctx):
         Command("echo built > /srv/allsteps/built", creates="/srv/allsteps/built"),
         Handler("restart allsteps", "systemctl daemon-reload && systemctl restart allsteps", unit="allsteps"),
         Verify("allsteps serves its folder", "curl -fsS http://127.0.0.1:8123/allsteps.conf | grep -q message",
-               every_run=True, attempts=20),
+               every_run=True, wait_s=20),
     ]
