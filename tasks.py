@@ -80,6 +80,12 @@ def demo(c, hosts=2, keep=True):
 
 
 @task
+def disconnect(c):
+    """Close the SSH connections kept open between runs (they also close after $FLEET_SSH_PERSIST s idle)."""
+    cli.disconnect()
+
+
+@task
 def demo_down(c):
     """Shut down the demo's local test hosts."""
     cli.demo_down()
@@ -102,7 +108,7 @@ def bench(c, hosts="1,10,30", json="bench/results.json"):
     cli.bench(counts=[int(n) for n in str(hosts).split(",") if n.strip()], json_path=json)
 
 
-ns = Collection(provision, check, facts, vars, tunnel, handout, gpus, demo, demo_down, test, bench)
+ns = Collection(provision, check, facts, vars, tunnel, handout, gpus, disconnect, demo, demo_down, test, bench)
 try:
     from fleet import tasks_cloud  # launch, status, stop, start, terminate, snapshot (boto3)
 

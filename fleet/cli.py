@@ -178,9 +178,24 @@ def demo(count: int, keep: bool) -> None:
     raise Exit(code=run_demo(count, keep))
 
 
+@user_errors
+def disconnect() -> None:
+    from .keeper import stop
+    from .state import state_dir
+
+    closed = stop(state_dir())
+    if closed is None:
+        console.print("no SSH connections are kept for this state folder")
+    else:
+        console.print(f"closed {closed} kept SSH connection{'s' if closed != 1 else ''}")
+
+
 def demo_down() -> None:
     from .demo import stop_demo
+    from .keeper import stop
+    from .state import state_dir
 
+    stop(state_dir())  # its connections led to the demo's hosts
     stop_demo()
 
 

@@ -1,28 +1,21 @@
-"""One SSH connection per host (Fabric), with host keys checked against the project's own
-known_hosts: trust on first use is recorded, a changed key is refused.
+"""How the engine reaches a host, without importing SSH code: the options, the errors, and
+`connect`, which hands out a connection kept open between runs by the SSH keeper
+(fleet.keeper, like OpenSSH's ControlPersist) or, with FLEET_SSH_PERSIST=0, a direct one.
 
-Scripts run as root through `sudo bash -s`, sent on stdin; a sudo password, when one is
-needed, is the first line of that stdin (`sudo -S`), never an argument.
+Both kinds offer open(), run_script(script, timeout) -> (status, output), close(), and
+count what they did: `connections` (new SSH logins) and `commands` (remote commands).
 """
 from __future__ import annotations
 
-import logging
 import os
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import paramiko
-from fabric import Config, Connection
+from typing import Protocol
 
 from .errors import FleetError
 from .inventory import Host
 
-_known_hosts_lock = threading.Lock()
-# Paramiko logs whole tracebacks for refused or dropped connections; we report them ourselves.
-logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+PERSIST_DEFAULT_S = 300
 
 
 class Unreachable(FleetError):
@@ -33,19 +26,14 @@ class HostKeyChanged(Unreachable):
     pass
 
 
-class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
-    """Record an unknown host's key in the project's known_hosts, then accept it."""
+class ChannelRefused(Unreachable):
+    """No command could be started on an open connection (it died): nothing ran."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        with _known_hosts_lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            entry = paramiko.hostkeys.HostKeyEntry([hostname], key)
-            with open(self.path, "a") as handle:
-                handle.write(entry.to_line())
-            os.chmod(self.path, 0o600)
+class ConnectionCut(Unreachable):
+    def __init__(self, host: str, output: str) -> None:
+        self.output = output
+        super().__init__(f"{host}: the connection was cut while a script ran")
 
 
 @dataclass
@@ -57,89 +45,31 @@ class ConnectOptions:
     sudo_password: str | None = None
 
 
-class HostConnection:
-    def __init__(self, host: Host, options: ConnectOptions) -> None:
-        self.host, self.options = host, options
-        kwargs: dict = {"banner_timeout": options.connect_timeout, "auth_timeout": options.connect_timeout}
-        if host.key:
-            key = Path(host.key).expanduser()
-            if not os.access(key, os.R_OK):
-                raise Unreachable(f"{host.name}: cannot read key file {key}")
-            kwargs["key_filename"] = [str(key)]
-        self.conn = Connection(host.address, user=host.user, port=host.port, config=Config(),
-                               connect_timeout=options.connect_timeout, connect_kwargs=kwargs)
-        client = self.conn.client
-        if options.strict_host_keys:
-            with _known_hosts_lock:
-                if options.known_hosts.exists():
-                    client.load_host_keys(str(options.known_hosts))
-            client.set_missing_host_key_policy(TrustOnFirstUse(options.known_hosts))
-        else:
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        self.connections = 0
-        self.commands = 0
+class Connection(Protocol):
+    host: Host
+    connections: int
+    commands: int
 
-    def open(self) -> None:
-        try:
-            self.conn.open()
-        except paramiko.BadHostKeyException as exc:
-            raise HostKeyChanged(
-                f"{self.host.name}: the host key of {self.host.address} changed ({exc.key.get_name()} "
-                f"{exc.key.get_fingerprint().hex()[:16]}...; known_hosts has a different key). Refusing to connect. "
-                f"If the machine was rebuilt, remove its line from {self.options.known_hosts}.") from None
-        except paramiko.AuthenticationException as exc:
-            raise Unreachable(f"{self.host.name}: authentication failed for user {self.conn.user} ({exc})") from None
-        except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
-            raise Unreachable(f"{self.host.name}: cannot connect to {self.host.address}:{self.conn.port} "
-                              f"({exc.__class__.__name__}: {exc})") from None
-        self.connections += 1
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def run_script(self, script: str, timeout: int | None = None) -> tuple[int, str]:
-        """Run a bash script as root; return (exit status, stdout and stderr together)."""
-        timeout = timeout or self.options.command_timeout
-        as_root = self.conn.user == "root"
-        password = self.options.sudo_password
-        command = "bash -s" if as_root else ("sudo -S -p '' bash -s" if password else "sudo -n bash -s")
-        stdin = script if as_root or not password else password + "\n" + script
-        try:
-            channel = self.conn.client.get_transport().open_session(timeout=self.options.connect_timeout)
-        except (paramiko.SSHException, OSError, AttributeError) as exc:
-            raise Unreachable(f"{self.host.name}: connection lost ({exc})") from None
-        self.commands += 1
-        channel.set_combine_stderr(True)
-        channel.settimeout(timeout)
-        chunks: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        try:
-            channel.exec_command(command)
-            channel.sendall(stdin.encode())
-            channel.shutdown_write()
-            while True:
-                data = channel.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-                if time.monotonic() > deadline:
-                    raise socket.timeout()
-            # A dead host closes the channel without a status; never wait forever for one.
-            status = channel.recv_exit_status() if channel.status_event.wait(30) else -1
-        except socket.timeout:
-            channel.close()
-            raise Unreachable(f"{self.host.name}: no answer within {timeout} s") from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise Unreachable(f"{self.host.name}: connection lost while running ({exc})") from None
-        finally:
-            channel.close()
-        output = b"".join(chunks).decode(errors="replace")
-        if status == -1:  # the channel closed without an exit status: the session was cut
-            raise ConnectionCut(self.host.name, output)
-        return status, output
+    def open(self) -> None: ...
+    def run_script(self, script: str, timeout: int | None = None) -> tuple[int, str]: ...
+    def close(self) -> None: ...
 
 
-class ConnectionCut(Unreachable):
-    def __init__(self, host: str, output: str) -> None:
-        self.output = output
-        super().__init__(f"{host}: the connection was cut while a script ran")
+def persist_seconds() -> int:
+    """How long the keeper holds idle connections (FLEET_SSH_PERSIST; 0 turns keeping off)."""
+    raw = os.environ.get("FLEET_SSH_PERSIST", str(PERSIST_DEFAULT_S)).strip()
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise FleetError(f"FLEET_SSH_PERSIST: expected whole seconds (0 turns keeping off), got {raw!r}") from None
+
+
+def connect(host: Host, options: ConnectOptions) -> Connection:
+    """A connection for one host; open() logs in, or reuses the keeper's open connection."""
+    persist = persist_seconds()
+    if persist:
+        from .keeper import KeptConnection
+        from .state import state_dir
+        return KeptConnection(host, options, state_dir(), persist)
+    from .ssh import SSHConnection  # paramiko only where a connection is made in this process
+    return SSHConnection(host, options)

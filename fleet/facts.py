@@ -17,3 +17,6 @@ class Fact:
     key: str
     command: str
     parse: Callable[[str], Any] = field(compare=False)
+    # Set for a path's type, mode, owner and hash: the probe asks for all such paths with one
+    # `stat` and one `sha256sum` (see fleet.remote.stat_batch) instead of two processes each.
+    stat_path: str | None = field(default=None, compare=False)

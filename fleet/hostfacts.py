@@ -4,7 +4,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .connection import ConnectOptions, HostConnection, Unreachable
+from .connection import ConnectOptions, Unreachable, connect
 from .facts import Fact
 from .inventory import Host
 from .remote import Probe
@@ -29,7 +29,7 @@ def gather(hosts: list[Host], facts: list[Fact], options: ConnectOptions, parall
     """Facts per host, or an error message for a host that could not be read."""
     def one(host: Host) -> dict[str, Any] | str:
         try:
-            conn = HostConnection(host, options)
+            conn = connect(host, options)
             conn.open()
             try:
                 probe = Probe(facts, [])

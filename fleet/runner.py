@@ -1,4 +1,5 @@
-"""Runs plans on hosts: per host one connection, one probe, one apply; hosts in parallel.
+"""Runs plans on hosts: per host one connection (kept open between runs), one probe, one apply;
+hosts in parallel.
 
 A failing or unreachable host never stops the others. `max_fail` stops starting new hosts
 once too many failed; SIGINT does the same and lets scripts already running finish.
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .connection import ConnectOptions, ConnectionCut, HostConnection, Unreachable
+from .connection import Connection, ConnectOptions, ConnectionCut, Unreachable, connect
 from .remote import Apply, Change, Probe
 from .results import HostResult, RunResult, StepResult
 from .roles import HostPlan
@@ -100,7 +101,7 @@ def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:
     started = time.monotonic()
     conn = None
     try:
-        conn = HostConnection(plan.host, options.connect)
+        conn = connect(plan.host, options.connect)
         conn.open()
         _converge(plan, options, stop, conn, result)
     except ConnectionCut as exc:
@@ -117,7 +118,7 @@ def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:
     return result
 
 
-def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: HostConnection, result: HostResult) -> None:
+def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection, result: HostResult) -> None:
     mask = options.masker
     facts_wanted = {}
     for _, step in plan.steps:

@@ -37,6 +37,15 @@ def _require_hosts() -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_ssh_keeper_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs keep SSH connections open in a keeper per state folder; the tests' keepers end with them."""
+    yield
+    from fleet import keeper
+
+    keeper.stop_all_under(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture(scope="session")
 def hosts_factory() -> Iterator[Callable[[int], list[TestHost]]]:
     """boot(n) -> n fresh hosts; every host booted through it is torn down at session end."""

@@ -1,5 +1,6 @@
-"""The engine on 3 real Debian hosts: a role using every step kind converges, a second run
-changes nothing at one connection and at most two commands per host, and drift on one host
+"""The engine on 3 real Debian hosts: a role using every step kind converges; a second run
+changes nothing with one command per host on the connection the SSH keeper kept open (or one
+login per host with keeping off); a kept connection that died is replaced; drift on one host
 is reported by `invoke check` for that host alone, then repaired."""
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def test_first_run_converges_every_host(lab):
     assert sh(h, "cat /srv/allsteps/built").stdout == "built\n"
 
 
-def test_second_run_changes_nothing_with_one_connection_and_one_command(lab):
-    hosts, state, inventory, _ = lab
+def test_second_run_changes_nothing_with_one_command_on_the_kept_connection(lab):
+    hosts, state, inventory, first = lab
+    assert all(first.report["hosts"][h.name]["connections"] == 1 for h in hosts)   # the first run logged in
     logins_before = {h.name: _sshd_logins(h) for h in hosts}
     again = fleet("provision", state=state, inventory=inventory, roles_path=True)
     assert again.rc == 0, again.output
@@ -54,21 +56,59 @@ def test_second_run_changes_nothing_with_one_connection_and_one_command(lab):
         assert result["status"] == "ok", result
         assert changed_steps(again.report, host.name) == []
         assert result["handlers"] == []
-        assert result["connections"] == 1
-        assert result["commands"] <= 2
-        # Counted on the host too: exactly one login as the inventory's user during the run.
+        assert result["connections"] == 0 and result["commands"] == 1
+        # Counted on the host too: no new login during the run.
+        assert _sshd_logins(host) == logins_before[host.name]
+
+
+def test_without_keeping_each_run_logs_in_once_per_host(lab):
+    hosts, state, inventory, _ = lab
+    logins_before = {h.name: _sshd_logins(h) for h in hosts}
+    run = fleet("provision", state=state, inventory=inventory, roles_path=True, env={"FLEET_SSH_PERSIST": "0"})
+    assert run.rc == 0, run.output
+    for host in hosts:
+        result = run.report["hosts"][host.name]
+        assert result["status"] == "ok" and result["connections"] == 1 and result["commands"] == 1, result
         assert _sshd_logins(host) - logins_before[host.name] == 1
 
 
-def _sshd_logins(host) -> int:
-    """Logins of `ubuntu` in sshd's log, read over a root login so the reading is not counted."""
+def test_a_kept_connection_that_died_is_replaced(lab):
+    hosts, state, inventory, _ = lab
+    victim = hosts[0]
+    _as_root(victim, "pkill -KILL -f '^sshd: [u]buntu' || true")   # as a reboot or a network change would
+    run = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert run.rc == 0, run.output
+    assert {h.name: run.report["hosts"][h.name]["connections"] for h in hosts} == {
+        victim.name: 1, hosts[1].name: 0, hosts[2].name: 0}
+    assert all(run.report["hosts"][h.name]["status"] == "ok" for h in hosts)
+
+
+def test_disconnect_closes_the_kept_connections(lab):
+    hosts, state, inventory, _ = lab
+    closed = fleet("disconnect", state=state)
+    assert closed.rc == 0 and "closed 3 kept SSH connections" in closed.output, closed.output
+    assert "no SSH connections are kept" in fleet("disconnect", state=state).output
+    run = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert run.rc == 0, run.output
+    assert all(run.report["hosts"][h.name]["connections"] == 1 for h in hosts)
+
+
+def _as_root(host, command: str) -> str:
+    """Over a root login, so that killing or counting `ubuntu`'s sessions leaves this one alone."""
     import subprocess
+
+    argv = host.ssh_command(command)
+    argv[-2] = f"root@{host.address}"
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def _sshd_logins(host) -> int:
+    """Logins of `ubuntu` in sshd's log."""
     import time
 
     time.sleep(0.5)  # journald may lag behind sshd by a moment
-    argv = host.ssh_command("journalctl -q -u ssh --no-pager | grep -c 'Accepted publickey for ubuntu' || true")
-    argv[-2] = f"root@{host.address}"
-    return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip() or 0)
+    out = _as_root(host, "journalctl -q -u ssh --no-pager | grep -c 'Accepted publickey for ubuntu' || true")
+    return int(out.strip() or 0)
 
 
 def test_drift_on_one_host_is_reported_by_check_and_repaired(lab):

@@ -141,6 +141,27 @@ def run_fact(fact):
     return fact.parse(out)
 
 
+def test_batched_path_facts_read_as_single_ones(tmp_path):
+    """The probe's one stat + one sha256sum for many paths gives each fact what its own command gives."""
+    from fleet.remote import Probe
+
+    (tmp_path / "file").write_text("x\n")
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "with space|bar").write_text("odd name\n")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    names = ["file", "empty", "dir", "with space|bar", "link", "dangling", "absent"]
+    facts = [path_fact(str(tmp_path / n)) for n in names]
+    probe = Probe(facts, [])
+    script = probe.script()
+    assert script.count("stat -c") == 1 and script.count("sha256sum") == 1
+    batched, _, _, errors = probe.parse(subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout)
+    assert errors == {}
+    assert batched == {f.key: run_fact(f) for f in facts}
+    assert batched[facts[-1].key] is None and batched[facts[0].key]["sha256"] == hashlib.sha256(b"x\n").hexdigest()
+
+
 def test_path_fact_reads_real_files(tmp_path):
     target = tmp_path / "f.txt"
     target.write_bytes(b"hello\n")

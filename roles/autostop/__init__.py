@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fleet.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import Apt, Directory, File, Handler, Service, Verify
+from fleet.steps import Apt, Directory, File, Handler, Service, Verify, reload_if_changed
 from fleet.variables import HostVars
 
 SOURCE = Path(__file__).resolve().parent / "files" / "fleet-idle-check"
@@ -57,7 +57,8 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
         ctx.template_with("fleet-idle-check.timer.j2", f"/etc/systemd/system/{UNIT}.timer", values, notify=reload),
         Service(f"{UNIT}.timer", enabled=v.autostop_enabled, running=v.autostop_enabled),
         # try-restart: a running timer picks up a new interval; a stopped one stays stopped.
-        Handler("reload autostop units", f"systemctl daemon-reload && systemctl try-restart {UNIT}.timer"),
+        Handler("reload autostop units", f"{reload_if_changed(UNIT + '.service')} && {reload_if_changed(UNIT + '.timer')} && "
+                                          f"systemctl try-restart {UNIT}.timer"),
     ]
     if v.autostop_enabled:
         items.append(Verify("fleet-idle-check reads Jupyter with the token (dry run)", _dry_run()))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fleet.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import Absent, Apt, Directory, Handler, Pip, Service, User, Verify
+from fleet.steps import Absent, Apt, Directory, Handler, Pip, Service, User, Verify, reload_if_changed
 from fleet.variables import HostVars
 
 CONFIG = "/etc/jupyter/jupyter_server_config.py"
@@ -31,7 +31,7 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
         Absent(f"{home}/.jupyter/jupyter_server_config.json", notify=restart, reason="it would override the managed config"),
         ctx.template("jupyter.service.j2", f"/etc/systemd/system/{v.jupyter_service}.service", notify=restart),
         Service(v.jupyter_service, enabled=True, running=True),
-        Handler("restart jupyter", f"systemctl daemon-reload && systemctl restart {q(v.jupyter_service)}",
+        Handler("restart jupyter", f"{reload_if_changed(v.jupyter_service)} && systemctl restart {q(v.jupyter_service)}",
                 unit=v.jupyter_service),
         Verify("jupyter answers /api/status with the token", _api_check(v), every_run=True, wait_s=30),
     ]

@@ -1,6 +1,6 @@
 """Test role: every step kind once, so the engine is proven on real hosts."""
 from fleet.git import Git
-from fleet.steps import Apt, Command, Directory, File, Handler, Line, Pip, Service, User, Verify
+from fleet.steps import Apt, Command, Directory, File, Handler, Line, Pip, Service, User, Verify, reload_if_changed
 
 UNIT = """[Unit]
 Description=allsteps test service
@@ -24,7 +24,7 @@ def steps(v, ctx):
         Service("allsteps"),
         Git(v.allsteps_repo, "/home/student/course", "main", user="student", resolver=ctx.resolver),
         Command("echo built > /srv/allsteps/built", creates="/srv/allsteps/built"),
-        Handler("restart allsteps", "systemctl daemon-reload && systemctl restart allsteps", unit="allsteps"),
+        Handler("restart allsteps", f"{reload_if_changed('allsteps')} && systemctl restart allsteps", unit="allsteps"),
         Verify("allsteps serves its folder", "curl -fsS http://127.0.0.1:8123/allsteps.conf | grep -q message",
                every_run=True, wait_s=20),
     ]

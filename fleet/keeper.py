@@ -1,0 +1,456 @@
+"""The SSH keeper: one background process per state folder that keeps each host's SSH
+connection open between runs, as OpenSSH's ControlPersist does for Ansible. A re-run then
+costs a channel on an open connection instead of a login (key exchange, authentication and
+a PAM session on the host), and the command-line process never loads the SSH stack.
+
+It listens on a Unix socket in a folder only its user can enter (mode 0700) and answers
+only that user (SO_PEERCRED). It exits after FLEET_SSH_PERSIST idle seconds, when its state
+folder is gone, or on `invoke disconnect`. A sudo password travels with each request and is
+never stored. A connection opened once is trusted as long as it stays open: its host key was
+checked against known_hosts when it was opened, and a rebuilt host drops it.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from .connection import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
+from .errors import FleetError
+from .inventory import Host
+
+PACKAGE = Path(__file__).resolve().parent
+# A keeper started by older code is retired: client and keeper must speak the same protocol.
+VERSION = hashlib.sha256(b"".join((PACKAGE / n).read_bytes() for n in ("keeper.py", "ssh.py"))).hexdigest()[:16]
+START_TIMEOUT_S = 15
+
+
+# --------------------------------------------------------------------------- wire format
+# Each message is a 4-byte length and a JSON object.
+
+def _send(sock: socket.socket, message: dict[str, Any]) -> None:
+    data = json.dumps(message).encode()
+    sock.sendall(struct.pack("!I", len(data)) + data)
+
+
+def _recv(sock: socket.socket) -> dict[str, Any] | None:
+    header = _read_exactly(sock, 4)
+    if header is None:
+        return None
+    body = _read_exactly(sock, struct.unpack("!I", header)[0])
+    return None if body is None else json.loads(body)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------- where it listens
+
+def _run_dir() -> Path:
+    folder = Path(tempfile.gettempdir()) / f"jupyter-fleet-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise FleetError(f"{folder}: expected a folder of yours with mode 0700 (it holds the SSH keeper's "
+                         f"socket); remove it, or set FLEET_SSH_PERSIST=0")
+    return folder
+
+
+def socket_path(state_dir: Path) -> Path:
+    # Named after the state folder (its path may be too long for a socket address).
+    key = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:20]
+    return _run_dir() / f"keeper-{key}.sock"
+
+
+# --------------------------------------------------------------------------- the client side
+
+_known_good: set[Path] = set()      # keepers this process has already greeted
+_greet_lock = threading.Lock()
+
+
+class KeptConnection:
+    """One host's connection through the keeper: the same interface as ssh.SSHConnection."""
+
+    def __init__(self, host: Host, options: ConnectOptions, state_dir: Path, persist: int) -> None:
+        self.host, self.options = host, options
+        self.connections = 0
+        self.commands = 0
+        self._where = (state_dir, persist)
+        self._sock = _keeper_socket(state_dir, persist)
+
+    def open(self) -> None:
+        request = {"op": "open", "host": _host_fields(self.host), "options": _option_fields(self.options)}
+        try:
+            reply = self._call(request)
+        except KeeperGone:
+            # It exited just then (idle, or `invoke disconnect`); nothing ran: start another.
+            self._sock.close()
+            _known_good.discard(socket_path(self._where[0]))
+            self._sock = _keeper_socket(*self._where)
+            reply = self._call(request)
+        self.connections += int(reply["new"])
+
+    def run_script(self, script: str, timeout: int | None = None) -> tuple[int, str]:
+        self.commands += 1
+        reply = self._call({"op": "run", "script": script, "timeout": timeout or self.options.command_timeout,
+                            "sudo_password": self.options.sudo_password})
+        self.connections += int(reply.get("new", False))
+        return reply["status"], reply["output"]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            _send(self._sock, request)
+            reply = _recv(self._sock)
+        except OSError:
+            reply = None
+        if reply is None:
+            if request["op"] == "run":  # the keeper died: its SSH channels, and the script, went with it
+                raise ConnectionCut(self.host.name, "(the SSH keeper stopped)")
+            raise KeeperGone(f"{self.host.name}: the SSH keeper stopped")
+        error = reply.get("error")
+        if error == "hostkey":
+            raise HostKeyChanged(reply["message"])
+        if error == "cut":
+            raise ConnectionCut(self.host.name, reply.get("output", ""))
+        if error:
+            raise Unreachable(reply["message"])
+        return reply
+
+
+class KeeperGone(Unreachable):
+    """The keeper closed before answering a request that runs nothing."""
+
+
+def _host_fields(host: Host) -> dict[str, Any]:
+    return {"name": host.name, "address": host.address, "user": host.user, "port": host.port, "key": host.key}
+
+
+def _option_fields(options: ConnectOptions) -> dict[str, Any]:
+    fields = asdict(options) | {"known_hosts": str(options.known_hosts)}
+    fields.pop("sudo_password")        # sent with each script, never kept
+    return fields
+
+
+def _connect_socket(path: Path) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
+def _greet(sock: socket.socket) -> bool:
+    """True when the keeper runs this code; an older one is told to exit."""
+    try:
+        _send(sock, {"op": "hello"})
+        reply = _recv(sock)
+        if reply and reply.get("version") == VERSION:
+            return True
+        _send(sock, {"op": "exit"})
+        _recv(sock)
+    except OSError:
+        pass
+    return False
+
+
+def _keeper_socket(state_dir: Path, persist: int) -> socket.socket:
+    path = socket_path(state_dir)
+    with _greet_lock:
+        sock = _connect_socket(path)
+        if sock and path in _known_good:
+            return sock
+        if sock and _greet(sock):
+            _known_good.add(path)
+            return sock
+        if sock:
+            sock.close()
+        with _flock(path.parent / "start.lock"):  # one of several racing commands starts it
+            sock = _connect_socket(path)
+            if sock and _greet(sock):
+                _known_good.add(path)
+                return sock
+            if sock:
+                sock.close()
+            sock = _start(path, state_dir, persist)
+        _known_good.add(path)
+        return sock
+
+
+def _start(path: Path, state_dir: Path, persist: int) -> socket.socket:
+    log = state_dir / "ssh-keeper.log"
+    with open(log, "ab") as out:
+        os.chmod(log, 0o600)
+        # The keeper forks itself away at once; waiting here reaps the first process.
+        subprocess.run([sys.executable, "-m", "fleet.keeper", str(path), str(state_dir), str(persist)],
+                       cwd=PACKAGE.parent, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                       start_new_session=True, check=False)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        sock = _connect_socket(path)
+        if sock and _greet(sock):
+            return sock
+        if sock:
+            sock.close()
+        time.sleep(0.02)
+    raise FleetError(f"the SSH keeper did not start within {START_TIMEOUT_S} s (see {log}); "
+                     f"FLEET_SSH_PERSIST=0 connects without it")
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def stop(state_dir: Path) -> int | None:
+    """Ask the state folder's keeper to close its connections and exit: how many it held, or
+    None when none was running."""
+    sock = _connect_socket(socket_path(state_dir))
+    if sock is None:
+        return None
+    with sock:
+        try:
+            _send(sock, {"op": "exit"})
+            reply = _recv(sock) or {}
+        except OSError:
+            return None
+    _known_good.discard(socket_path(state_dir))
+    return int(reply.get("closed", 0))
+
+
+def stop_all_under(folder: Path) -> list[str]:
+    """Stop every keeper of this user whose state folder lies under `folder` (test clean-up)."""
+    stopped = []
+    for path in sorted(_run_dir().glob("keeper-*.sock")):
+        sock = _connect_socket(path)
+        if sock is None:
+            continue
+        with sock:
+            try:
+                _send(sock, {"op": "hello"})
+                state = Path((_recv(sock) or {}).get("state_dir", "/nonexistent"))
+                if state.is_relative_to(folder):
+                    _send(sock, {"op": "exit"})
+                    _recv(sock)
+                    stopped.append(str(state))
+            except OSError:
+                continue
+    return stopped
+
+
+# --------------------------------------------------------------------------- the keeper itself
+
+class _Slot:
+    """One host's kept connection; its lock makes concurrent askers share one login."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: Any = None
+
+
+class Keeper:
+    def __init__(self, path: Path, state_dir: Path, persist: int) -> None:
+        self.path, self.state_dir, self.persist = path, state_dir, persist
+        self.version = VERSION          # of the code it started with
+        self.slots: dict[tuple, _Slot] = {}
+        self.lock = threading.Lock()
+        self.busy = 0
+        self.last_used = time.monotonic()
+        self.stopping = threading.Event()
+        self.inode = 0
+
+    def serve(self) -> None:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Listen under a temporary name, then rename: a client never meets a dead socket file.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        server.bind(str(tmp))
+        os.chmod(tmp, 0o600)
+        server.listen(128)
+        os.replace(tmp, self.path)
+        inode = self.inode = self.path.stat().st_ino
+        server.settimeout(1.0)
+        log(f"keeper {os.getpid()} for {self.state_dir}: keeps connections {self.persist} s after last use")
+        try:
+            while not self.stopping.is_set():
+                try:
+                    client, _ = server.accept()
+                except socket.timeout:
+                    reason = self._reason_to_exit(inode)
+                    if reason:
+                        log(f"keeper {os.getpid()} exits: {reason}")
+                        break
+                    continue
+                threading.Thread(target=self._serve_client, args=(client,), daemon=True).start()
+        finally:
+            server.close()
+            try:
+                if self.path.stat().st_ino == inode:
+                    self.path.unlink()
+            except OSError:
+                pass
+            self._close_all()
+
+    def _reason_to_exit(self, inode: int) -> str | None:
+        with self.lock:
+            idle = self.busy == 0 and time.monotonic() - self.last_used > self.persist
+        if idle:
+            return f"idle for {self.persist} s"
+        if not self.state_dir.is_dir():
+            return "its state folder is gone"
+        try:
+            if self.path.stat().st_ino != inode:
+                return "another keeper took over its socket"
+        except OSError:
+            return "its socket is gone"
+        return None
+
+    def _unlisten(self) -> None:
+        self.stopping.set()
+        try:
+            if self.path.stat().st_ino == self.inode:
+                self.path.unlink()
+        except OSError:
+            pass
+
+    def _close_all(self) -> int:
+        closed = 0
+        with self.lock:
+            slots = list(self.slots.values())
+        for slot in slots:
+            if slot.conn is not None:
+                closed += int(slot.conn.alive)
+                slot.conn.close()
+        return closed
+
+    def _serve_client(self, client: socket.socket) -> None:
+        with client:
+            creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            if struct.unpack("3i", creds)[1] != os.getuid():
+                return  # only the user who owns the connections may use them
+            current: tuple[Host, ConnectOptions] | None = None
+            try:
+                while (request := _recv(client)) is not None:
+                    with self.lock:
+                        self.busy += 1
+                    try:
+                        reply, current = self._handle(request, current)
+                    finally:
+                        with self.lock:
+                            self.busy -= 1
+                            self.last_used = time.monotonic()
+                    _send(client, reply)
+                    if request["op"] == "exit":
+                        self.stopping.set()
+                        return
+            except OSError:
+                return  # the command went away; its script (if any) has finished or goes on alone
+
+    def _handle(self, request: dict[str, Any], current: tuple[Host, ConnectOptions] | None
+                ) -> tuple[dict[str, Any], tuple[Host, ConnectOptions] | None]:
+        op = request.get("op")
+        if op == "hello":
+            return {"version": self.version, "state_dir": str(self.state_dir), "pid": os.getpid()}, current
+        if op == "exit":
+            self._unlisten()   # before answering: the next command must not find this keeper
+            return {"closed": self._close_all()}, current
+        try:
+            if op == "open":
+                host = Host(**request["host"])
+                fields = request["options"]
+                options = ConnectOptions(**(fields | {"known_hosts": Path(fields["known_hosts"])}))
+                _, new = self._connection(host, options)
+                return {"new": new}, (host, options)
+            if op == "run" and current is not None:
+                return self._run(current, request), current
+            return {"error": "protocol", "message": f"unexpected request {op!r}"}, current
+        except HostKeyChanged as exc:
+            return {"error": "hostkey", "message": str(exc)}, current
+        except ConnectionCut as exc:
+            return {"error": "cut", "message": str(exc), "output": exc.output}, current
+        except Unreachable as exc:
+            return {"error": "unreachable", "message": str(exc)}, current
+        except Exception as exc:  # a bug must reach the user as this host's error, not kill the keeper
+            return {"error": "keeper", "message": f"{exc.__class__.__name__}: {exc}"}, current
+
+    def _connection(self, host: Host, options: ConnectOptions, dead: Any = None) -> tuple[Any, bool]:
+        """The host's open connection, or a new login (True) when there is none or it died."""
+        from .ssh import SSHConnection
+
+        key = (host.address, host.port, host.user, host.key, str(options.known_hosts), options.strict_host_keys)
+        with self.lock:
+            slot = self.slots.setdefault(key, _Slot())
+        with slot.lock:
+            if slot.conn is not None and slot.conn is not dead and slot.conn.alive:
+                return slot.conn, False
+            if slot.conn is not None:
+                slot.conn.close()
+                slot.conn = None
+            conn = SSHConnection(host, options)
+            conn.open()
+            slot.conn = conn
+            return conn, True
+
+    def _run(self, current: tuple[Host, ConnectOptions], request: dict[str, Any]) -> dict[str, Any]:
+        host, options = current
+        conn, new = self._connection(host, options)
+        try:
+            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"))
+        except ChannelRefused:
+            # The kept connection died since (host rebooted, network changed): nothing ran, so
+            # log in again and run it once more.
+            conn, new = self._connection(host, options, dead=conn)
+            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"))
+        return {"status": status, "output": output, "new": new}
+
+
+def log(message: str) -> None:
+    print(time.strftime("%Y-%m-%d %H:%M:%S"), message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    path, state_dir, persist = Path(argv[0]), Path(argv[1]), int(argv[2])
+    if os.fork():
+        os._exit(0)  # the starting command waits only for this first process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    keeper = Keeper(path, state_dir, persist)
+    signal.signal(signal.SIGTERM, lambda *_: keeper.stopping.set())
+    os.chdir("/")
+    keeper.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
