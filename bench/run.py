@@ -34,19 +34,36 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def provision(state: Path, inventory: Path, *args: str) -> dict:
-    """Run `invoke provision` once; wall time, machine CPU, the controller's peak memory and the report."""
+def provision(state: Path, inventory: Path, *args: str, keep: bool = True) -> dict:
+    """Run `invoke provision` once; wall time, machine CPU and the report. keep=False: without
+    the SSH keeper (FLEET_SSH_PERSIST=0), one login per host."""
     report = state / "report.json"
     report.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "invoke", "provision", "--inventory", str(inventory), "--json", str(report),
             "--parallel", "30", *args]
-    env = dict(os.environ, FLEET_STATE_DIR=str(state))
+    env = dict(os.environ, FLEET_STATE_DIR=str(state), **({} if keep else {"FLEET_SSH_PERSIST": "0"}))
     cpu0, t0 = machine_cpu_seconds(), time.perf_counter()
     proc = subprocess.Popen(argv, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.communicate()[0]
     wall, cpu = time.perf_counter() - t0, machine_cpu_seconds() - cpu0
     data = json.loads(report.read_text()) if report.exists() else {}
     return {"rc": proc.returncode, "wall": wall, "cpu": cpu, "report": data, "output": output}
+
+
+def keeper_peak_mib(state: Path) -> float:
+    """The SSH keeper's peak resident memory (VmHWM), or 0 when none runs."""
+    from fleet import keeper
+
+    sock = keeper._connect_socket(keeper.socket_path(state))
+    if sock is None:
+        return 0.0
+    with sock:
+        keeper._send(sock, {"op": "hello"})
+        pid = (keeper._recv(sock) or {}).get("pid")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def peak_rss_mib(state: Path, inventory: Path) -> float:
@@ -108,7 +125,8 @@ def measure(n: int, url: str, workdir: Path) -> dict:
             raise SystemExit(f"cold provision failed:\n{cold['output'][-3000:]}")
         slowest = max(cold["report"]["hosts"].values(), key=lambda h: h["seconds"])
         noops = [provision(state, inventory) for _ in range(3)]
-        for run in noops:
+        cold_noops = [provision(state, inventory, keep=False) for _ in range(3)]
+        for run in noops + cold_noops:
             changed = [h for h, r in run["report"]["hosts"].items() if r["status"] != "ok"]
             if run["rc"] != 0 or changed:
                 raise SystemExit(f"a no-op run changed {changed}:\n{run['output'][-3000:]}")
@@ -117,15 +135,22 @@ def measure(n: int, url: str, workdir: Path) -> dict:
             "cold_slowest_host_s": slowest["seconds"],
             "noop_median_s": round(statistics.median(r["wall"] for r in noops), 2),
             "noop_cpu_s_per_host": round(statistics.median(r["cpu"] for r in noops) / n, 3),
-            "connections_per_host": per_host(noops[-1]["report"], "connections"),
+            "new_logins_per_host": per_host(noops[-1]["report"], "connections"),
             "commands_per_host": per_host(noops[-1]["report"], "commands"),
+            # the same without the SSH keeper: every run logs in to every host
+            "noop_without_keeper_s": round(statistics.median(r["wall"] for r in cold_noops), 2),
+            "noop_without_keeper_cpu_s_per_host": round(statistics.median(r["cpu"] for r in cold_noops) / n, 3),
+            "logins_per_host_without_keeper": per_host(cold_noops[-1]["report"], "connections"),
         }
         if n >= 10:
             result["drift"] = drift(hosts, state, inventory)
         if n >= 30 or n == max(COUNTS):
             result["controller_peak_mib"] = round(peak_rss_mib(state, inventory), 1)
+            result["keeper_peak_mib"] = round(keeper_peak_mib(state), 1)
         return result
     finally:
+        from fleet import keeper
+        keeper.stop(state)
         testhosts.teardown(hosts)
 
 
@@ -168,15 +193,16 @@ def main(counts: list[int], json_path: str) -> int:
         finally:
             git.terminate()
     table = Table(title="Jupyter Fleet benchmark (2 cores shared by the controller and the hosts)")
-    for column in ("hosts", "cold s", "no-op s (median of 3)", "CPU s/host", "connections/host", "commands/host",
-                   "drift repair", "controller peak"):
+    for column in ("hosts", "cold s", "no-op s (median of 3)", "CPU s/host", "logins/host", "commands/host",
+                   "no-op without keeper", "drift repair", "controller peak"):
         table.add_column(column, justify="right")
     for r in results:
         d = r.get("drift")
         table.add_row(str(r["hosts"]), f"{r['cold_s']}", f"{r['noop_median_s']}", f"{r['noop_cpu_s_per_host']}",
-                      str(r["connections_per_host"]), str(r["commands_per_host"]),
+                      str(r["new_logins_per_host"]), str(r["commands_per_host"]),
+                      f"{r['noop_without_keeper_s']} s, {r['noop_without_keeper_cpu_s_per_host']} CPU s/host",
                       f"{d['seconds']} s, exact={d['exact']}, repaired={d['repaired']}" if d else "",
-                      f"{r['controller_peak_mib']} MiB" if "controller_peak_mib" in r else "")
+                      f"{r['controller_peak_mib']} + keeper {r['keeper_peak_mib']} MiB" if "controller_peak_mib" in r else "")
     console.print(table)
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": {"cpus": os.cpu_count()}, "results": results}
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
