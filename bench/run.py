@@ -54,12 +54,9 @@ def keeper_peak_mib(state: Path) -> float:
     """The SSH keeper's peak resident memory (VmHWM), or 0 when none runs."""
     from fleet import keeper
 
-    sock = keeper._connect_socket(keeper.socket_path(state))
-    if sock is None:
+    pid = (keeper.hello(state) or {}).get("pid")
+    if pid is None:
         return 0.0
-    with sock:
-        keeper._send(sock, {"op": "hello"})
-        pid = (keeper._recv(sock) or {}).get("pid")
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024

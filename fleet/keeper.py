@@ -249,6 +249,19 @@ def stop(state_dir: Path) -> int | None:
     return int(reply.get("closed", 0))
 
 
+def hello(state_dir: Path) -> dict[str, Any] | None:
+    """The running keeper's version, state folder and pid, or None when none answers."""
+    sock = _connect_socket(socket_path(state_dir))
+    if sock is None:
+        return None
+    with sock:
+        try:
+            _send(sock, {"op": "hello"})
+            return _recv(sock)
+        except OSError:
+            return None
+
+
 def stop_all_under(folder: Path) -> list[str]:
     """Stop every keeper of this user whose state folder lies under `folder` (test clean-up)."""
     stopped = []

@@ -97,10 +97,10 @@ class Probe:
     def script(self) -> str:
         parts = [f"__N={self.nonce}", PRELUDE]
         paths = [fact.stat_path for fact in self.facts if fact.stat_path]
-        if len(paths) > 1:
+        if paths:
             parts.append(f"mark stats\n( {stat_batch(paths)}\n) 2>&1")
         for index, fact in enumerate(self.facts):
-            if not (fact.stat_path and len(paths) > 1):
+            if not fact.stat_path:
                 parts.append(f"mark fact {index}\n( {fact.command}\n) 2>&1")
         for index, verify in enumerate(self.verifies):
             parts.append(f"mark verify {index}\n{_verify_body(verify, wait_s=0)}\nmark rc $?")

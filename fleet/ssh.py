@@ -60,7 +60,6 @@ class SSHConnection:
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         self.connections = 0
         self.commands = 0
-        self.lock = threading.Lock()  # the keeper opens each connection once, whoever asks first
 
     @property
     def alive(self) -> bool:

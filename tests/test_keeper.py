@@ -26,11 +26,9 @@ def state(tmp_path: Path) -> Path:
 
 
 def _pid(state: Path) -> int:
-    sock = keeper._connect_socket(keeper.socket_path(state))
-    assert sock is not None, "no keeper answers"
-    with sock:
-        keeper._send(sock, {"op": "hello"})
-        return keeper._recv(sock)["pid"]
+    reply = keeper.hello(state)
+    assert reply is not None, "no keeper answers"
+    return reply["pid"]
 
 
 def _gone(path: Path, timeout: float = 10) -> bool:
