@@ -108,7 +108,9 @@ def test_second_run_changes_nothing(lab):
     assert result["status"] == "ok", result
     assert changed_steps(again.report, host.name) == []
     assert result["handlers"] == []
-    assert result["connections"] == 1
+    # One round trip: a single remote command, over the connection the keeper held since the
+    # first run (0 logins) or a fresh one if the keeper had idled out meanwhile (1 login).
+    assert result["commands"] == 1 and result["connections"] in (0, 1), result
 
 
 # Runs code in a kernel through its connection file, as a notebook would: the server sees the
