@@ -85,3 +85,23 @@ def test_gpus_and_facts_tables(kernels):
     facts = fleet("facts", state=state, inventory=inventory)
     assert facts.rc == 0, facts.output
     assert "Debian GNU/Linux 12" in facts.output and "x86_64" in facts.output or "aarch64" in facts.output
+
+
+def test_kernel_environment_follows_the_gpu(kernels):
+    """A host whose GPU needed MXNET_USE_FUSION=0 (an Ada card) and now has none: the drop-in
+    had put the variable into the server's and so the kernels' environment; a run removes it
+    and restarts Jupyter without it. (Writing it needs an Ada GPU: tested on recordings.)"""
+    host, state, inventory, _ = kernels
+    dropin = "/etc/systemd/system/jupyter.service.d/fleet-mxnet.conf"
+    server_env = "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value jupyter)/environ"
+    sh(host, f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Service]\\nEnvironment=MXNET_USE_FUSION=0\\n' > {dropin} "
+             "&& systemctl daemon-reload && systemctl restart jupyter")
+    assert "MXNET_USE_FUSION=0" in sh(host, server_env).stdout
+    run = fleet("provision", state=state, inventory=inventory)
+    assert run.rc == 0, run.output
+    step = next(s for s in run.report["hosts"][host.name]["steps"] if s["name"] == "mxnet environment for the kernels")
+    assert step["status"] == "changed" and step["message"].startswith(f"remove {dropin}"), step
+    assert run.report["hosts"][host.name]["handlers"] == ["restart jupyter"]
+    assert sh(host, f"test -e {dropin}", check=False).returncode == 1
+    assert "MXNET_USE_FUSION" not in sh(host, server_env).stdout
+    assert changed_steps(fleet("provision", state=state, inventory=inventory).report, host.name) == []

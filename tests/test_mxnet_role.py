@@ -1,13 +1,15 @@
 """The mxnet role's gate and install plans on recorded nvidia-smi outputs (tests as data)."""
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 import pytest
 
 from fleet.gpu import GPU_FACT
-from fleet.steps import venv_fact
-from roles.mxnet import FrameworkGate, FrameworkInstall
+from fleet.steps import path_fact, venv_fact
+from roles.mxnet import FrameworkEnv, FrameworkGate, FrameworkInstall
 
 DATA = Path(__file__).parent / "data" / "gpu"
 VENV = "/opt/jupyter"
@@ -56,3 +58,38 @@ def test_gate_decides_before_anything_is_installed(recording, failed, fragment):
     outcome = gate.plan(facts(recording, None))
     assert outcome.failed is failed and not outcome.changed and outcome.commands == []
     assert fragment in outcome.message
+
+
+DROPIN = "/etc/systemd/system/jupyter.service.d/fleet-mxnet.conf"
+L4_DROPIN = ("# Managed by Jupyter Fleet: what mxnet-cu117 needs on this host's GPU.\n"
+             "[Service]\nEnvironment=MXNET_USE_FUSION=0\n")
+
+
+def dropin(content: str | None) -> dict | None:
+    if content is None:
+        return None
+    return {"kind": "regular file", "mode": "0644", "owner": "root", "group": "root",
+            "sha256": hashlib.sha256(content.encode()).hexdigest(), "content": None}
+
+
+@pytest.mark.parametrize("recording,on_host,changed,message,command", [
+    ("l4", None, True, "create " + DROPIN + " (MXNET_USE_FUSION=0)", "__put " + DROPIN),     # Ada: fusion off
+    ("l4", L4_DROPIN, False, "already up to date", None),
+    ("l4", "[Service]\n", True, "update " + DROPIN, "__put " + DROPIN),
+    ("t4", None, False, "already absent", None),                                          # nothing needed
+    ("t4", L4_DROPIN, True, "remove " + DROPIN + " (mxnet-cu117 needs no environment)", "rm -rf -- " + DROPIN),
+    ("no-driver", L4_DROPIN, True, "remove", "rm -rf -- " + DROPIN),                      # GPU gone: CPU build
+    ("h200", L4_DROPIN, False, "no build chosen", None),                                  # the gate refuses first
+])
+def test_kernel_environment(recording, on_host, changed, message, command):
+    step = FrameworkEnv(path=DROPIN, notify=("restart jupyter",))
+    assert step.facts() == [GPU_FACT, path_fact(DROPIN)]
+    plan_facts = {GPU_FACT.key: GPU_FACT.parse((DATA / f"{recording}.txt").read_text()),
+                  path_fact(DROPIN).key: dropin(on_host)}
+    outcome = step.plan(plan_facts)
+    assert outcome.changed is changed and not outcome.failed, outcome
+    assert message in outcome.message
+    assert [c for c in outcome.commands if command and c.startswith(command)] or (not command and not outcome.commands)
+    if command and command.startswith("__put"):
+        written = base64.b64decode(outcome.commands[0].split()[-1].strip("'")).decode()
+        assert written == L4_DROPIN

@@ -11,7 +11,7 @@ from fleet.facts import Fact
 from fleet.gpu import ALL_PACKAGES, GPU_FACT, MxnetChoice, choose_mxnet_build
 from fleet.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import Apt, Outcome, Step, Verify, unsatisfied, venv_fact
+from fleet.steps import Absent, Apt, File, Outcome, Step, Verify, path_fact, unsatisfied, venv_fact
 from fleet.variables import HostVars
 
 # A framework is a chooser (GPU facts -> build) plus the packages it may install; another
@@ -76,6 +76,33 @@ class FrameworkInstall(FrameworkGate):
                        commands)
 
 
+@dataclass
+class FrameworkEnv(FrameworkGate):
+    """The environment the chosen build needs in the kernels (MXNET_USE_FUSION=0 on GPUs newer
+    than the wheel's NVRTC), as a drop-in for the Jupyter unit: kernels and the engines the
+    Clusters tab starts inherit the server's environment. No such need: no drop-in."""
+
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.framework} environment for the kernels"
+
+    def facts(self, diff: bool = False) -> list[Fact]:
+        return [GPU_FACT, path_fact(self.path)]
+
+    def plan(self, facts: dict[str, Any]) -> Outcome:
+        choice = self.choice(facts)
+        if not choice.ok:
+            return Outcome(False, "no build chosen")
+        if not choice.env:
+            return Absent(self.path, reason=f"{choice.package} needs no environment").plan(facts)
+        lines = [f"# Managed by Jupyter Fleet: what {choice.package} needs on this host's GPU.", "[Service]",
+                 *(f"Environment={key}={value}" for key, value in sorted(choice.env.items()))]
+        outcome = File(self.path, "\n".join(lines) + "\n").plan(facts)
+        outcome.message += f" ({', '.join(f'{k}={v}' for k, v in sorted(choice.env.items()))})"
+        return outcome
+
+
 VERIFY = """
 import glob, os, subprocess
 import mxnet as mx
@@ -105,5 +132,8 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
         Apt(("libquadmath0",), cache_max_age=v.apt_cache_max_age, lock_timeout=v.apt_lock_timeout),
         FrameworkInstall(**options, venv=v.mxnet_venv, numpy=v.mxnet_numpy, notify=("restart jupyter",)
                          if "jupyter" in v.roles else ()),
+        # Without the jupyter role there is no server whose kernels would need it.
+        *([FrameworkEnv(**options, path=f"/etc/systemd/system/{v.jupyter_service}.service.d/fleet-mxnet.conf",
+                        notify=("restart jupyter",))] if "jupyter" in v.roles else []),
         Verify("mxnet imports, matches the GPUs and computes", f"{q(v.mxnet_venv + '/bin/python')} - <<'PY'\n{check}PY"),
     ]
