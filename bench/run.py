@@ -127,6 +127,13 @@ def write_inventory(hosts, path: Path, url: str) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def slowest_steps(host_report: dict, count: int = 6) -> list[dict]:
+    """Where a cold run's time went on a host: its slowest steps, as the host timed them."""
+    timed = [step for step in host_report["steps"] if step.get("seconds") is not None]
+    timed.sort(key=lambda step: step["seconds"], reverse=True)
+    return [{"step": step["name"], "seconds": step["seconds"]} for step in timed[:count]]
+
+
 def per_host(report: dict, key: str) -> float:
     values = [h[key] for h in report["hosts"].values()]
     return max(values) if values else 0
@@ -155,6 +162,7 @@ def measure(n: int, url: str, workdir: Path) -> dict:
         result = {
             "hosts": n, "boot_s": round(boot_s, 2), "cold_s": round(cold["wall"], 1),
             "cold_slowest_host_s": slowest["seconds"],
+            "cold_slowest_host_steps": slowest_steps(slowest),
             "settle_s": settle_s,  # waited after the cold run for the machine to go quiet
             "noop_median_s": round(statistics.median(r["wall"] for r in noops), 2),
             "noop_cpu_s_per_host": round(statistics.median(r["cpu"] for r in noops) / n, 3),

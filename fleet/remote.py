@@ -216,21 +216,22 @@ class Apply:
             # Starting a stopped unit loads every change made so far: its pending restart is moot.
             moot = [h.marker for h in self.handlers if h.unit and h.unit == change.outcome.starts]
             clear = f"[ $__rc -eq 0 ] && rm -f {' '.join(map(q, moot))}\n" if moot else ""
-            parts.append(f"mark step {change.index}\n{touch}( set -e\n{body}\n) 2>&1 </dev/null\n"
-                         f"__rc=$?; mark rc $__rc\n{clear}{stop}")
+            parts.append(f"mark step {change.index}\n__t0=$EPOCHREALTIME\n{touch}( set -e\n{body}\n) 2>&1 </dev/null\n"
+                         f"__rc=$?; mark rc $__rc $__t0 $EPOCHREALTIME\n{clear}{stop}")
         for handler in self.handlers:
             if handler.marker in self.notified:
-                parts.append(f"if [ -e {q(handler.marker)} ]; then mark handler {handler.name}\n"
-                             f"( set -e\n{handler.command}\n) 2>&1 </dev/null\n__rc=$?; mark rc $__rc\n"
+                parts.append(f"if [ -e {q(handler.marker)} ]; then mark handler {handler.name}\n__t0=$EPOCHREALTIME\n"
+                             f"( set -e\n{handler.command}\n) 2>&1 </dev/null\n__rc=$?; mark rc $__rc $__t0 $EPOCHREALTIME\n"
                              f"[ $__rc -eq 0 ] && rm -f {q(handler.marker)}; fi")
         for index, verify in enumerate(self.verifies):
-            parts.append(f"mark verify {index}\n{_verify_body(verify, verify.wait_s)} </dev/null\nmark rc $?")
+            parts.append(f"mark verify {index}\n__t0=$EPOCHREALTIME\n{_verify_body(verify, verify.wait_s)} </dev/null\n"
+                         "__rc=$?; mark rc $__rc $__t0 $EPOCHREALTIME")
         parts.append("mark done")
         return "\n".join(parts) + "\n"
 
     def parse(self, output: str) -> dict[str, Any]:
-        """{'steps': {index: (rc, output)}, 'handlers': {name: (rc, output)}, 'verifies': {i: (ok, output)},
-        'aborted': bool, 'done': bool}"""
+        """{'steps': {index: rc}, 'handlers': {name: rc}, 'verifies': {i: ok}, each table also as
+        '<table>_output' and '<table>_seconds', 'aborted': bool, 'done': bool}"""
         result: dict[str, Any] = {"steps": {}, "handlers": {}, "verifies": {}, "aborted": False, "done": False}
         current: tuple[str, Any] | None = None
         text = ""
@@ -239,11 +240,11 @@ class Apply:
             if kind in ("step", "handler", "verify"):
                 current, text = (kind, int(rest) if kind != "handler" else rest), body
             elif kind == "rc" and current:
-                rc = int(rest)
+                rc, *stamps = rest.split()
                 table = {"step": "steps", "handler": "handlers", "verify": "verifies"}[current[0]]
-                result[table][current[1]] = (rc == 0) if current[0] == "verify" else rc
-                result[table + "_output"] = result.get(table + "_output", {})
-                result[table + "_output"][current[1]] = (text + body).strip()
+                result[table][current[1]] = (int(rc) == 0) if current[0] == "verify" else int(rc)
+                result.setdefault(table + "_output", {})[current[1]] = (text + body).strip()
+                result.setdefault(table + "_seconds", {})[current[1]] = _elapsed(stamps)
                 current = None
             elif kind == "abort":
                 result["aborted"] = True
@@ -253,3 +254,13 @@ class Apply:
             result["cut"] = current
             result["cut_output"] = text
         return result
+
+
+def _elapsed(stamps: list[str]) -> float | None:
+    """Seconds between two of bash's $EPOCHREALTIME (bash 5); None where bash had none. The
+    decimal separator follows the host's locale."""
+    try:
+        start, end = (float(x.replace(",", ".")) for x in stamps)
+    except ValueError:
+        return None
+    return round(end - start, 3)

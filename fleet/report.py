@@ -50,8 +50,10 @@ class Reporter:
         self.console.print(self._host_line(result))
         for step in result.steps:
             if step.status in ("changed", "would change", "failed") or self.verbose:
+                # The time of the slow changes (installs, clones) says where a long run went.
+                took = f" [dim]({step.seconds:.1f} s)[/]" if step.seconds and step.seconds >= 1 else ""
                 self.console.print(f"    [{STYLE.get(step.status, 'white')}]{step.status:>12}[/] "
-                                   f"[dim]{step.role}[/] {step.message}", markup=True, highlight=False)
+                                   f"[dim]{step.role}[/] {step.message}{took}", markup=True, highlight=False)
                 if step.diff and self.show_diff:
                     self.console.print(step.diff.rstrip(), markup=False, highlight=False)
                 if step.status == "failed" and step.output:

@@ -17,6 +17,7 @@ class StepResult:
     message: str
     diff: str | None = None
     output: str | None = None
+    seconds: float | None = None  # how long the change took on the host (None: nothing ran)
 
 
 @dataclass

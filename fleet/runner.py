@@ -194,6 +194,7 @@ def _record_apply(apply: Apply, parsed: dict, plan: HostPlan, result: HostResult
         record = result.steps[change.index]  # one result per plan step, in order
         if change.index in parsed["steps"]:
             rc = parsed["steps"][change.index]
+            record.seconds = parsed["steps_seconds"][change.index]
             text = mask(outputs.get(change.index, ""))
             if rc == KEPT and _last_line(text).startswith("kept:"):
                 record.status, record.message = "ok", (text.strip().splitlines() or [record.message])[-1]

@@ -27,3 +27,14 @@ def test_wait_until_quiet(monkeypatch, busy, waited):
     monkeypatch.setattr(bench.time, "perf_counter", lambda: machine.now)
     monkeypatch.setattr(bench, "machine_cpu_seconds", lambda: machine.cpu)
     assert bench.wait_until_quiet(busy_below=0.3, quiet_windows=3, limit_s=10) == waited
+
+
+def test_slowest_steps_of_a_cold_run():
+    report = {"steps": [
+        {"name": "apt python3-venv, git", "seconds": 21.5},
+        {"name": "pip notebook", "seconds": 140.25},
+        {"name": "service jupyter", "seconds": None},          # planned but nothing ran
+        {"name": "template config", "seconds": 0.01},
+    ]}
+    assert bench.slowest_steps(report, count=2) == [{"step": "pip notebook", "seconds": 140.25},
+                                                    {"step": "apt python3-venv, git", "seconds": 21.5}]

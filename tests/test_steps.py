@@ -217,3 +217,37 @@ def test_user_git_and_apt_age_fact_parsers(tmp_path):
     assert run_fact(step.facts()[0])["dirty"] == 1
     assert run_fact(Git("git://srv/x.git", str(tmp_path / "none"), "main", resolver=FakeResolver()).facts()[0]) is None
     assert APT_AGE.parse("120\n") == 120 and APT_AGE.parse("") == 10**9
+
+
+# --- step timing: the apply script reports how long each change took on the host -------------
+
+def test_apply_times_each_change_with_bash_clock():
+    from fleet.remote import Apply, Change
+    from fleet.steps import Outcome
+
+    quick = Command("true", idempotent=False)
+    slow = Command("sleep 0.3", idempotent=False)
+    changes = [Change(0, quick, Outcome(True, "quick", ["true"])), Change(1, slow, Outcome(True, "slow", ["sleep 0.3"]))]
+    apply = Apply(changes, [], set(), [])
+    script = apply.script().replace("mkdir -p /var/lib/jupyter-fleet/pending", "true")
+    out = subprocess.run(["bash", "-s"], input=script, capture_output=True, text=True, timeout=30).stdout
+    parsed = apply.parse(out)
+    assert parsed["steps"] == {0: 0, 1: 0} and parsed["done"], out
+    seconds = parsed["steps_seconds"]
+    assert seconds[0] >= 0 and seconds[1] >= 0.3, seconds  # sleep cannot finish early
+
+
+@pytest.mark.parametrize("header, seconds", [
+    ("rc 0 1764547200.250000 1764547201.750000", 1.5),
+    ("rc 0 1764547200,250000 1764547200,500000", 0.25),   # a locale with a decimal comma
+    ("rc 0", None),                                        # bash 4: no $EPOCHREALTIME
+    ("rc 0  ", None),
+])
+def test_step_seconds_parsing(header, seconds):
+    from fleet.remote import Apply, Change
+    from fleet.steps import Outcome
+
+    apply = Apply([Change(0, Command("true", idempotent=False), Outcome(True, "x", ["true"]))], [], set(), [])
+    n = apply.nonce
+    parsed = apply.parse(f"\n@@{n}@@ step 0\n\n@@{n}@@ {header}\n\n@@{n}@@ done\n")
+    assert parsed["steps"] == {0: 0} and parsed["steps_seconds"] == {0: seconds}
