@@ -68,6 +68,10 @@ def test_kernel_and_course_notebook_through_the_tunnel(course):
             assert client.get("/api", auth=False).status_code == 200           # health check, no token
             assert client.get("/api/status", auth=False).status_code == 403    # needs the token
             assert client.get("/api/status").status_code == 200
+            # jupyter_lab_settings reached the running server: no news prompt, no update check
+            notification = client.get("/lab/api/settings/@jupyterlab/apputils-extension:notification").json()
+            defaults = {k: v.get("default") for k, v in notification["schema"]["properties"].items()}
+            assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False, defaults
             kernel = client.start_kernel("python3")
             try:
                 assert client.execute(kernel, "print(6 * 7)").strip() == "42"

@@ -1,9 +1,11 @@
 """Jupyter server in a venv, run by systemd as the course user, reached through an SSH tunnel."""
 from __future__ import annotations
 
+import json
+
 from fleet.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import Absent, Apt, Directory, Handler, Pip, Service, User, Verify, reload_if_changed
+from fleet.steps import Absent, Apt, Directory, File, Handler, Pip, Service, User, Verify, reload_if_changed
 from fleet.variables import HostVars
 
 CONFIG = "/etc/jupyter/jupyter_server_config.py"
@@ -29,6 +31,9 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
         # A JSON config beside the .py (or in the user's ~/.jupyter) silently overrides it.
         Absent("/etc/jupyter/jupyter_server_config.json", notify=restart, reason="it would override the managed config"),
         Absent(f"{home}/.jupyter/jupyter_server_config.json", notify=restart, reason="it would override the managed config"),
+        # Read once at the server's start, hence the restart.
+        File(f"{v.jupyter_venv}/share/jupyter/lab/settings/overrides.json",
+             json.dumps(v.jupyter_lab_settings, indent=2, sort_keys=True) + "\n", notify=restart),
         ctx.template("jupyter.service.j2", f"/etc/systemd/system/{v.jupyter_service}.service", notify=restart),
         Service(v.jupyter_service, enabled=True, running=True),
         Handler("restart jupyter", f"{reload_if_changed(v.jupyter_service)} && systemctl restart {q(v.jupyter_service)}",
