@@ -233,33 +233,30 @@ def _flock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def stop(state_dir: Path) -> int | None:
-    """Ask the state folder's keeper to close its connections and exit: how many it held, or
-    None when none was running."""
+def _ask(state_dir: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+    """One request to the state folder's keeper and its reply; None when none answers."""
     sock = _connect_socket(socket_path(state_dir))
     if sock is None:
         return None
     with sock:
         try:
-            _send(sock, {"op": "exit"})
-            reply = _recv(sock) or {}
+            _send(sock, request)
+            return _recv(sock)
         except OSError:
             return None
+
+
+def stop(state_dir: Path) -> int | None:
+    """Ask the state folder's keeper to close its connections and exit: how many it held, or
+    None when none was running."""
+    reply = _ask(state_dir, {"op": "exit"})
     _known_good.discard(socket_path(state_dir))
-    return int(reply.get("closed", 0))
+    return None if reply is None else int(reply.get("closed", 0))
 
 
 def hello(state_dir: Path) -> dict[str, Any] | None:
     """The running keeper's version, state folder and pid, or None when none answers."""
-    sock = _connect_socket(socket_path(state_dir))
-    if sock is None:
-        return None
-    with sock:
-        try:
-            _send(sock, {"op": "hello"})
-            return _recv(sock)
-        except OSError:
-            return None
+    return _ask(state_dir, {"op": "hello"})
 
 
 def stop_all_under(folder: Path) -> list[str]:
