@@ -58,6 +58,9 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
                         masker.add(values[knob])
             plans[name] = _role_steps(name, inventory.hosts[name], values, roles, all_roles, roleset, templates,
                                       resolver, secrets)
+            for _, step in plans[name].steps:   # e.g. a repository URL's password
+                for value in step.secrets():
+                    masker.add(value)
         except InputErrors as exc:
             errors += exc.errors
         except InputError as exc:

@@ -20,3 +20,5 @@ class Fact:
     # Set for a path's type, mode, owner and hash: the probe asks for all such paths with one
     # `stat` and one `sha256sum` (see fleet.remote.stat_batch) instead of two processes each.
     stat_path: str | None = field(default=None, compare=False)
+    # Whose territory the path is: its batched stat runs as that user (None: root).
+    user: str | None = field(default=None, compare=False)

@@ -35,8 +35,8 @@ __http_ok() {
 }
 """
 
-APPLY_FUNCTIONS = r"""
-mkdir -p STATE/pending
+# Functions a step's commands may call, as root or (inside a user's territory) as that user.
+STEP_FUNCTIONS = r"""
 # Atomic write: content to a temp file beside the target, synced, then renamed over it.
 __put() {
   local dest=$1 mode=$2 owner=$3 group=$4 tmp
@@ -47,6 +47,43 @@ __put() {
   printf %s "$5" | base64 -d > "$tmp" && chmod "$mode" "$tmp" && chown "$owner:$group" "$tmp" \
     && sync "$tmp" && mv -f "$tmp" "$dest" || { rm -f "$tmp"; return 1; }
 }
+# Bounded retries for network installs, so a slow registry does not fail a run.
+__retry() {
+  local n=$1 i; shift
+  for i in $(seq "$n"); do "$@" && return 0; [ "$i" -lt "$n" ] && sleep $((i * 2)); done
+  return 1
+}
+"""
+
+# Root writes only where no other user can move things under it: every folder from / to the
+# one it writes in (links resolved) must be root's and writable by root alone (sticky folders
+# such as /tmp aside). Otherwise the step is refused: it must declare that user's territory.
+ROOT_TERRITORY = r"""
+__root_territory() {
+  local p real uid gid mode name m d part
+  local -a dirs parts
+  for p in "$@"; do
+    d=${p%/*}; real=$(realpath -m -- "${d:-/}") || return 1
+    dirs=(/); d=
+    IFS=/ read -ra parts <<< "${real#/}"
+    for part in "${parts[@]}"; do [ -n "$part" ] && d+=/$part && dirs+=("$d"); done
+    while read -r uid gid mode name; do
+      m=$((8#$mode))
+      if [ "$uid" != 0 ]; then
+        echo "refused: $p: $name belongs to $(id -nu "$uid" 2>/dev/null || echo "uid $uid"), and root does not write inside another user's folders"
+        return 1
+      fi
+      if (( (m & 01000) == 0 && ((m & 02) || ((m & 020) && gid != 0)) )); then
+        echo "refused: $p: $name is writable by users other than root (mode $mode)"
+        return 1
+      fi
+    done < <(stat -c '%u %g %a %n' -- "${dirs[@]}" 2>/dev/null)
+  done
+}
+"""
+
+APPLY_FUNCTIONS = r"""
+mkdir -p STATE/pending
 # apt with a bounded wait for the dpkg lock: fresh cloud images run unattended upgrades at boot.
 __apt() {
   local timeout=$1; shift
@@ -75,13 +112,7 @@ for path in ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/
         print(f"dpkg lock {path} is held by process {pid} ({name})")
 PY
 }
-# Bounded retries for network installs, so a slow registry does not fail a run.
-__retry() {
-  local n=$1 i; shift
-  for i in $(seq "$n"); do "$@" && return 0; [ "$i" -lt "$n" ] && sleep $((i * 2)); done
-  return 1
-}
-""".replace("STATE", STATE_DIR)
+""".replace("STATE", STATE_DIR) + STEP_FUNCTIONS + ROOT_TERRITORY
 
 
 def _nonce() -> str:
@@ -96,9 +127,8 @@ class Probe:
 
     def script(self) -> str:
         parts = [f"__N={self.nonce}", PRELUDE]
-        paths = [fact.stat_path for fact in self.facts if fact.stat_path]
-        if paths:
-            parts.append(f"mark stats\n( {stat_batch(paths)}\n) 2>&1")
+        for user, paths in self._stat_paths().items():
+            parts.append(f"mark stats {user or ''}\n( {as_user(user, stat_batch(paths, bounded=bool(user)))}\n) 2>&1")
         for index, fact in enumerate(self.facts):
             if not fact.stat_path:
                 parts.append(f"mark fact {index}\n( {fact.command}\n) 2>&1")
@@ -108,6 +138,14 @@ class Probe:
         parts.append(f"mark pending\nfor __p in {STATE_DIR}/pending/*; do [ -e \"$__p\" ] && echo \"${{__p##*/}}\"; done\n"
                      "mark done")
         return "\n".join(parts) + "\n"
+
+    def _stat_paths(self) -> dict[str | None, list[str]]:
+        """Paths for the batched stat, by the user whose territory they are (None: root)."""
+        by_user: dict[str | None, list[str]] = {}
+        for fact in self.facts:
+            if fact.stat_path:
+                by_user.setdefault(fact.user, []).append(fact.stat_path)
+        return by_user
 
     def parse(self, output: str) -> tuple[dict[str, Any], dict[int, tuple[bool, str]], set[str], dict[str, str]]:
         """Parsed facts by key, verify results by index, pending handler markers, and fact errors."""
@@ -121,9 +159,10 @@ class Probe:
             if kind == "fact":
                 self._parse_facts([(self.facts[int(rest)], body)], facts, errors)
             elif kind == "stats":
+                user = rest.strip() or None
                 by_path = split_stat_batch(body)
-                self._parse_facts([(f, by_path.get(f.stat_path, "ABSENT")) for f in self.facts if f.stat_path],
-                                  facts, errors)
+                self._parse_facts([(f, by_path.get(f.stat_path, "ABSENT")) for f in self.facts
+                                   if f.stat_path and f.user == user], facts, errors)
             elif kind == "verify":
                 verifies[int(rest)] = (False, body)
             elif kind == "rc":
@@ -142,12 +181,15 @@ class Probe:
                 errors[fact.key] = f"could not read fact {fact.key}: {exc}: {text.strip()[:200]}"
 
 
-def stat_batch(paths: list[str]) -> str:
-    """One `stat` and one `sha256sum` for many paths, printed as `path_fact` would print each."""
+def stat_batch(paths: list[str], bounded: bool = False) -> str:
+    """One `stat` and one `sha256sum` for many paths, printed as `path_fact` would print each.
+    Links are not hashed. `bounded`: in a user's territory a file may turn into a FIFO between
+    the test and the read; a time limit keeps that from holding the probe."""
     quoted = " ".join(q(p) for p in paths)
+    hasher = "timeout -k 1 30 sha256sum" if bounded else "sha256sum"
     return (f"stat -c '%F|%a|%U|%G|%n' -- {quoted} 2>/dev/null; __fs=(); "
-            f"for __f in {quoted}; do [ -f \"$__f\" ] && __fs+=(\"$__f\"); done; "
-            "[ ${#__fs[@]} -eq 0 ] || sha256sum -- \"${__fs[@]}\" 2>/dev/null; true")
+            f"for __f in {quoted}; do [ -f \"$__f\" ] && [ ! -L \"$__f\" ] && __fs+=(\"$__f\"); done; "
+            f"[ ${{#__fs[@]}} -eq 0 ] || {hasher} -- \"${{__fs[@]}}\" 2>/dev/null; true")
 
 
 def split_stat_batch(text: str) -> dict[str, str]:
@@ -211,7 +253,7 @@ class Apply:
             markers = [h.marker for h in self.handlers if h.name in change.step.notify]
             # The pending marker is set before the change, so a cut mid-change still restarts next run.
             touch = f"touch {' '.join(map(q, markers))}\n" if markers else ""
-            body = "\n".join(change.outcome.commands)
+            body = self._in_territory(change.step, "\n".join(change.outcome.commands))
             stop = "" if not change.step.critical else f"if [ $__rc -ne 0 ] && [ $__rc -ne {KEPT} ]; then mark abort; exit 1; fi\n"
             # Starting a stopped unit loads every change made so far: its pending restart is moot.
             moot = [h.marker for h in self.handlers if h.unit and h.unit == change.outcome.starts]
@@ -228,6 +270,18 @@ class Apply:
                          "__rc=$?; mark rc $__rc $__t0 $EPOCHREALTIME")
         parts.append("mark done")
         return "\n".join(parts) + "\n"
+
+    def _in_territory(self, step: Step, body: str) -> str:
+        """A step's commands where they belong: as its user inside that user's territory (the
+        script travels on stdin, never in arguments), else as root behind the territory guard."""
+        user = step.runs_as
+        if user:
+            end = f"__FLEET_END_{self.nonce}"
+            inner = f"set -eu\numask 022\nexport LC_ALL=C\n{STEP_FUNCTIONS}\n{body}"
+            return (f"runuser -u {q(user)} -- bash -c '__s=$(cat); exec </dev/null; eval \"$__s\"' <<'{end}'\n"
+                    f"{inner}\n{end}")
+        paths = step.paths()
+        return f"__root_territory {' '.join(map(q, paths))}\n{body}" if paths else body
 
     def parse(self, output: str) -> dict[str, Any]:
         """{'steps': {index: rc}, 'handlers': {name: rc}, 'verifies': {i: ok}, each table also as

@@ -14,6 +14,8 @@ import secrets as _random
 import threading
 from pathlib import Path
 
+from .shell import redact_url
+
 MASK = "********"
 SECRET_NAME = re.compile(r"(token|password|passwd|secret|passphrase|hashed)", re.I)
 
@@ -40,7 +42,10 @@ class Masker:
                 self.add(value)
 
     def __call__(self, text: str | None) -> str | None:
-        if not text or not self._values:
+        if not text:
+            return text
+        text = redact_url(text)
+        if not self._values:
             return text
         with self._lock:
             if self._pattern is None:

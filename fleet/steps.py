@@ -40,15 +40,45 @@ class Outcome:
 
 
 class Step:
-    """Base class. Subclasses set `name` and implement `facts` and `plan`."""
+    """Base class. Subclasses set `name` and implement `facts` and `plan`.
+
+    Territory: a step that touches a path inside a non-root user's territory (a home, a
+    checkout, ~/.ipython) sets `user`; its facts and commands then run as that user, so
+    links, hard links, FIFOs or git config the user planted cannot redirect them. A step
+    without `user` runs as root and the apply script refuses it where any folder on the
+    way to one of its `paths()` is another user's (see fleet.remote.ROOT_TERRITORY)."""
 
     name: str = ""
     notify: tuple[str, ...] = ()
     critical: bool = True  # a failure stops the host's remaining steps
     secret: bool = False   # never show a diff of this step's content
+    user: str | None = None
 
     def facts(self, diff: bool = False) -> list[Fact]:
         return []
+
+    def paths(self) -> tuple[str, ...]:
+        """Paths whose folders this step writes in: checked before a root step changes them."""
+        return ()
+
+    def secrets(self) -> list[str]:
+        """Values this step knows that must be masked wherever output is shown (e.g. URL passwords)."""
+        return []
+
+    @property
+    def runs_as(self) -> str | None:
+        """The user the step's facts and commands run as; None for root."""
+        return territory(self.user)
+
+
+def territory(user: str | None) -> str | None:
+    return user if user and user != "root" else None
+
+
+def home_territory(path: str, user: str | None) -> str | None:
+    """`user` when `path` lies in that user's home (/home/USER/...), else None (root's, checked at apply)."""
+    user = territory(user)
+    return user if user and PurePosixPath(path).is_relative_to(f"/home/{user}") else None
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
         raise NotImplementedError
@@ -61,25 +91,34 @@ def _parse_stat(text: str) -> dict | None:
     if not lines or lines[0] == "ABSENT":
         return None
     kind, mode, owner, group = lines[0].split("|")
-    info = {"kind": kind, "mode": mode.zfill(4), "owner": owner, "group": group, "sha256": None, "content": None}
+    info = {"kind": kind, "mode": mode.zfill(4), "owner": owner, "group": group, "sha256": None, "content": None,
+            "too_big": False}
     for line in lines[1:]:
         tag, _, value = line.partition(" ")
         if tag == "SHA":
             info["sha256"] = value.split()[0]
         elif tag == "B64":
             info["content"] = base64.b64decode(value)
+        elif tag == "BIG":
+            info["too_big"] = True
     return info
 
 
-def path_fact(path: str, content: bool = False) -> Fact:
-    """Type, mode, owner, group and sha256 of a path; with content=True also its bytes (for diffs)."""
+def path_fact(path: str, content: bool = False, user: str | None = None) -> Fact:
+    """Type, mode, owner, group and sha256 of a path; with content=True also its bytes (for diffs),
+    or `too_big` over MAX_DIFF_BYTES. Read as `user` where the path is that user's territory."""
     p = q(path)
+    # A regular file that is not a link: root never reads through a link it did not make.
     cmd = (f"if [ -e {p} ] || [ -L {p} ]; then stat -c '%F|%a|%U|%G' {p}; "
-           f"if [ -f {p} ]; then echo \"SHA $(sha256sum < {p})\"; ")
+           f"if [ -f {p} ] && [ ! -L {p} ]; then echo \"SHA $(sha256sum < {p})\"; ")
     if content:
-        cmd += f"[ $(stat -c %s {p}) -le {MAX_DIFF_BYTES} ] && echo \"B64 $(base64 -w0 < {p})\"; "
+        cmd += (f"if [ $(stat -c %s {p}) -le {MAX_DIFF_BYTES} ]; then echo \"B64 $(base64 -w0 < {p})\"; "
+                "else echo BIG; fi; ")
     cmd += "fi; else echo ABSENT; fi"
-    return Fact(f"{'content' if content else 'stat'}:{path}", cmd, _parse_stat, stat_path=None if content else path)
+    user = territory(user)
+    kind = "content" if content else "stat"
+    key = f"{kind}@{user}:{path}" if user else f"{kind}:{path}"
+    return Fact(key, as_user(user, cmd), _parse_stat, stat_path=None if content else path, user=user)
 
 
 def _attr_commands(path: str, have: dict, owner: str | None, group: str | None, mode: str | None) -> list[str]:
@@ -89,6 +128,14 @@ def _attr_commands(path: str, have: dict, owner: str | None, group: str | None, 
     if mode and have["mode"] != mode.zfill(4):
         commands.append(f"chmod {q(mode)} {q(path)}")
     return commands
+
+
+def _not_owned(path: str, have: dict, user: str | None) -> Outcome | None:
+    """In a user's territory the user must own what a step changes: root changes no owner there."""
+    if user and have["owner"] != user:
+        return Outcome(False, f"refused: {path} belongs to {have['owner']}, not {user}; root does not change "
+                              f"ownership inside {user}'s folders (fix it by hand)", failed=True)
+    return None
 
 
 def _check_path(path: str, what: str) -> str:
@@ -193,6 +240,9 @@ class Pip(Step):
     def facts(self, diff: bool = False) -> list[Fact]:
         return [venv_fact(self.venv)]
 
+    def paths(self) -> tuple[str, ...]:
+        return (self.venv + "/bin",)
+
     def plan(self, facts: dict[str, Any]) -> Outcome:
         installed = facts[venv_fact(self.venv).key]
         commands = []
@@ -216,22 +266,28 @@ class Directory(Step):
     group: str | None = None
     mode: str | None = None
     notify: tuple[str, ...] = ()
+    user: str | None = None  # territory: created and kept as this user (it must then be the owner)
 
     def __post_init__(self) -> None:
         self.path = _check_path(self.path, "path")
         self.name = f"directory {self.path}"
 
     def facts(self, diff: bool = False) -> list[Fact]:
-        return [path_fact(self.path)]
+        return [path_fact(self.path, user=self.user)]
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path,)
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
-        have = facts[path_fact(self.path).key]
+        have = facts[path_fact(self.path, user=self.user).key]
         if have is None:
             commands = [f"mkdir -p {q(self.path)}"]
             commands += _attr_commands(self.path, {"owner": "", "group": "", "mode": ""}, self.owner, self.group, self.mode)
             return Outcome(True, f"create {self.path}", commands)
         if have["kind"] != "directory":
             return Outcome(False, f"{self.path} exists and is a {have['kind']}, not a directory", failed=True)
+        if refused := _not_owned(self.path, have, self.runs_as):
+            return refused
         commands = _attr_commands(self.path, have, self.owner, self.group, self.mode)
         if commands:
             return Outcome(True, f"fix owner/mode of {self.path}", commands)
@@ -248,23 +304,32 @@ class File(Step):
     secret: bool = False
     notify: tuple[str, ...] = ()
     label: str | None = None
+    user: str | None = None  # territory: written as this user (then owner must be that user)
 
     def __post_init__(self) -> None:
         self.path = _check_path(self.path, "path")
         if isinstance(self.content, str):
             self.content = self.content.encode()
         self.sha256 = hashlib.sha256(self.content).hexdigest()
+        if self.runs_as and (self.owner, self.group) == ("root", "root"):
+            # Written as the user: theirs, with their login group (`chown user:`), unless said otherwise.
+            self.owner, self.group = self.runs_as, ""
         self.name = self.label or f"file {self.path}"
         self._diff = False
 
     def facts(self, diff: bool = False) -> list[Fact]:
         self._diff = diff and not self.secret
-        return [path_fact(self.path, content=self._diff)]
+        return [path_fact(self.path, content=self._diff, user=self.user)]
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path,)
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
-        have = facts[path_fact(self.path, content=self._diff).key]
+        have = facts[path_fact(self.path, content=self._diff, user=self.user).key]
         if have is not None and have["kind"] not in ("regular file", "regular empty file"):
             return Outcome(False, f"{self.path} exists and is a {have['kind']}, not a file", failed=True)
+        if have is not None and (refused := _not_owned(self.path, have, self.runs_as)):
+            return refused
         if have is None or have["sha256"] != self.sha256:
             diff = self._unified_diff(have) if self._diff else None
             write = f"__put {q(self.path)} {q(self.mode)} {q(self.owner)} {q(self.group)} {q(base64.b64encode(self.content).decode())}"
@@ -288,16 +353,20 @@ class Absent(Step):
     path: str
     notify: tuple[str, ...] = ()
     reason: str = ""
+    user: str | None = None  # territory: removed as this user
 
     def __post_init__(self) -> None:
         self.path = _check_path(self.path, "path")
         self.name = f"absent {self.path}"
 
     def facts(self, diff: bool = False) -> list[Fact]:
-        return [path_fact(self.path)]
+        return [path_fact(self.path, user=self.user)]
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path,)
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
-        if facts[path_fact(self.path).key] is None:
+        if facts[path_fact(self.path, user=self.user).key] is None:
             return Outcome(False, f"{self.path} already absent")
         why = f" ({self.reason})" if self.reason else ""
         return Outcome(True, f"remove {self.path}{why}", [f"rm -rf -- {q(self.path)}"])
@@ -312,17 +381,31 @@ class Line(Step):
     regexp: str | None = None
     mode: str = "0644"
     notify: tuple[str, ...] = ()
+    user: str | None = None  # territory: read and written as this user
 
     def __post_init__(self) -> None:
         self.path = _check_path(self.path, "path")
         self.name = f"line in {self.path}"
 
     def facts(self, diff: bool = False) -> list[Fact]:
-        return [path_fact(self.path, content=True)]
+        return [path_fact(self.path, content=True, user=self.user)]
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path,)
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
-        have = facts[path_fact(self.path, content=True).key]
-        old = ((have or {}).get("content") or b"").decode()
+        have = facts[path_fact(self.path, content=True, user=self.user).key]
+        if have is not None:
+            # Rewriting a file Line could not read whole would lose everything but the line.
+            if have["kind"] not in ("regular file", "regular empty file"):
+                return Outcome(False, f"{self.path} exists and is a {have['kind']}, not a file; left intact", failed=True)
+            if have.get("too_big") or have.get("content") is None:
+                return Outcome(False, f"{self.path} is over {MAX_DIFF_BYTES // 1024} KiB, more than a line edit "
+                                      "reads; left intact (manage it with a file or template step)", failed=True)
+        try:
+            old = ((have or {}).get("content") or b"").decode()
+        except UnicodeDecodeError as exc:
+            return Outcome(False, f"{self.path} is not UTF-8 text (byte {exc.start}); left intact", failed=True)
         lines = old.splitlines()
         if self.line in lines:
             return Outcome(False, f"line already in {self.path}")
@@ -332,11 +415,12 @@ class Line(Step):
             lines[hits[-1]] = self.line
         else:
             lines.append(self.line)
-        owner, group, mode = (have["owner"], have["group"], have["mode"]) if have else ("root", "root", self.mode)
+        mine = (self.runs_as, "") if self.runs_as else ("root", "root")
+        owner, group, mode = (have["owner"], have["group"], have["mode"]) if have else (*mine, self.mode)
         # Delegate the write to a File step: same atomic write, same diff.
-        file = File(self.path, "\n".join(lines) + "\n", owner=owner, group=group, mode=mode)
+        file = File(self.path, "\n".join(lines) + "\n", owner=owner, group=group, mode=mode, user=self.user)
         file._diff = True
-        outcome = file.plan({path_fact(self.path, content=True).key: have})
+        outcome = file.plan({path_fact(self.path, content=True, user=self.user).key: have})
         outcome.message = f"{'replace' if hits else 'add'} line in {self.path}"
         return outcome
 
@@ -458,7 +542,7 @@ class Command(Step):
             return Outcome(False, f"{self.creates} already exists")
         if self.unless and facts[f"unless:{self.user}:{self.unless}"] == 0:
             return Outcome(False, f"already done ({self.unless} succeeds)")
-        return Outcome(True, f"run {self.label or self.command}", [as_user(self.user, self.command)])
+        return Outcome(True, f"run {self.label or self.command}", [self.command])
 
 
 @dataclass

@@ -38,7 +38,7 @@ def git(**kw):
     return Git("git://srv/course.git", "/home/u/course", "main", user="u", resolver=FakeResolver(), **kw)
 
 
-GIT_KEY = "git:/home/u/course"
+GIT_KEY = "git@u:/home/u/course"
 CASES = [
     # (id, step factory, facts, changed, message fragment, command fragment or None, failed)
     ("apt absent", lambda: Apt(("git", "curl")),
@@ -98,7 +98,29 @@ CASES = [
      "kept: local changes in /home/u/course (2 files)", None, False),
     ("git other repo", git, {GIT_KEY: {"head": "b" * 40, "url": "git://elsewhere/x.git", "dirty": 0}}, False, "left alone", None, True),
     ("git unreachable", lambda: Git("git://unreachable/x.git", "/home/u/x", "main", resolver=FakeResolver()),
-     {"git:/home/u/x": None}, False, "cannot reach repository", None, True),
+     {"git@root:/home/u/x": None}, False, "cannot reach repository", None, True),
+    ("git refuses the checkout", git, {GIT_KEY: {"head": "", "url": "", "dirty": 0, "error": "detected dubious ownership"}},
+     False, "refused: git will not read /home/u/course as u (detected dubious ownership)", None, True),
+    # Line never rewrites a file it could not read whole or as text: that would lose the rest of it.
+    ("line file too big", lambda: Line("/etc/e", "X=1"), {path_fact("/etc/e", True).key: dict(stat(), too_big=True)},
+     False, "over 256 KiB", None, True),
+    ("line file not utf-8", lambda: Line("/etc/e", "X=1"), {path_fact("/etc/e", True).key: stat(content=b"A\xff\xfe\n")},
+     False, "not UTF-8 text (byte 1); left intact", None, True),
+    ("line on a fifo", lambda: Line("/etc/e", "X=1"), {path_fact("/etc/e", True).key: stat("fifo")},
+     False, "is a fifo, not a file; left intact", None, True),
+    # Inside a user's territory: facts are read as that user, what it writes is the user's,
+    # and what the user does not own is refused rather than taken over by root.
+    ("user file absent", lambda: File("/home/u/.x/c.py", "a=1\n", user="u"), {path_fact("/home/u/.x/c.py", True, user="u").key: None},
+     True, "create /home/u/.x/c.py", "__put /home/u/.x/c.py 0644 u ''", False),
+    ("user file owned by root", lambda: File("/home/u/.x/c.py", "a=1\n", user="u"),
+     {path_fact("/home/u/.x/c.py", True, user="u").key: stat(content=b"a=2\n")}, False,
+     "refused: /home/u/.x/c.py belongs to root, not u", None, True),
+    ("user dir owned by root", lambda: Directory("/home/u/.x", mode="0755", user="u"),
+     {path_fact("/home/u/.x", user="u").key: stat("directory", "0700")}, False, "refused: /home/u/.x belongs to root", None, True),
+    ("user dir mode", lambda: Directory("/home/u/.x", mode="0755", user="u"),
+     {path_fact("/home/u/.x", user="u").key: stat("directory", "0700", "u", "u")}, True, "fix owner/mode", "chmod 0755 /home/u/.x", False),
+    ("user line file", lambda: Line("/home/u/.bashrc", "X=1", user="u"), {path_fact("/home/u/.bashrc", True, user="u").key: None},
+     True, "add line", "__put /home/u/.bashrc 0644 u ''", False),
 ]
 
 

@@ -34,9 +34,10 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
         # Enabled in /etc as well as by the wheel, so the sidebar survives a venv rebuilt without it.
         File("/etc/jupyter/jupyter_server_config.d/ipyparallel.json", json.dumps(extension, indent=2) + "\n",
              notify=("restart jupyter",)),
-        Directory(f"{home}/.ipython", owner=user, group=user, mode="0755"),
-        Directory(profile_dir, owner=user, group=user, mode="0755"),
-        ctx.template("ipcluster_config.py.j2", f"{profile_dir}/ipcluster_config.py", owner=user, group=user),
+        # The profile lives in the student's home: made and kept as the student, never by root.
+        Directory(f"{home}/.ipython", mode="0755", user=user),
+        Directory(profile_dir, mode="0755", user=user),
+        ctx.template("ipcluster_config.py.j2", f"{profile_dir}/ipcluster_config.py", user=user),
         Verify("a 2-engine cluster runs a task on both engines",
                f"cd {q(home)} && {q(v.jupyter_venv + '/bin/python')} - <<'PY'\n"
                f"{CHECK.format(profile=json.dumps(v.clusters_profile))}PY", user=user),

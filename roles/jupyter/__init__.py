@@ -5,7 +5,8 @@ import json
 
 from fleet.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import Absent, Apt, Directory, File, Handler, Pip, Service, User, Verify, reload_if_changed
+from fleet.steps import (Absent, Apt, Directory, File, Handler, Pip, Service, User, Verify, home_territory,
+                         reload_if_changed)
 from fleet.variables import HostVars
 
 CONFIG = "/etc/jupyter/jupyter_server_config.py"
@@ -22,7 +23,9 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
     return [
         Apt(("python3-venv", "curl"), cache_max_age=v.apt_cache_max_age, lock_timeout=v.apt_lock_timeout),
         User(user),
-        Directory(v.jupyter_notebook_dir, owner=user, group=user, mode="0755"),
+        # In the user's home it is made as the user; elsewhere root makes it and hands it over.
+        Directory(v.jupyter_notebook_dir, owner=user, group=user, mode="0755",
+                  user=home_territory(v.jupyter_notebook_dir, user)),
         Pip(v.jupyter_venv, [f"notebook=={v.jupyter_notebook_version}", f"jupyterlab=={v.jupyter_lab_version}",
                              *v.jupyter_fast_start_packages, *v.jupyter_extra_packages], python=v.jupyter_python, notify=restart),
         # The config holds the token: readable by root and the service's user only.
@@ -30,7 +33,8 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
                           mode="0640", secret=True, notify=restart),
         # A JSON config beside the .py (or in the user's ~/.jupyter) silently overrides it.
         Absent("/etc/jupyter/jupyter_server_config.json", notify=restart, reason="it would override the managed config"),
-        Absent(f"{home}/.jupyter/jupyter_server_config.json", notify=restart, reason="it would override the managed config"),
+        Absent(f"{home}/.jupyter/jupyter_server_config.json", notify=restart, reason="it would override the managed config",
+               user=user),
         # Read once at the server's start, hence the restart.
         File(f"{v.jupyter_venv}/share/jupyter/lab/settings/overrides.json",
              json.dumps(v.jupyter_lab_settings, indent=2, sort_keys=True) + "\n", notify=restart),
