@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .facts import Fact
-from .shell import as_user, q, redact_url, url_secrets
-from .steps import KEPT, Outcome, Step, _check_path
+from .shell import q, redact_url, url_secrets
+from .steps import KEPT, Outcome, Step, _check_path, read_as
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -107,7 +107,7 @@ class Git(Step):
         cmd = (f"if [ -d {d}/.git ]; then if __o=$({status} 2>/dev/null); then printf '%s\\n' \"$__o\"; "
                f"else __e=$({status} 2>&1 >/dev/null); __e=${{__e#*fatal: }}; printf 'ERROR %s\\n' \"${{__e%%$'\\n'*}}\"; fi; "
                f"printf url=; git -C {d} config --get remote.origin.url; else echo ABSENT; fi")
-        return [Fact(f"git@{self.runs_as or 'root'}:{self.dest}", as_user(self.runs_as, cmd), _parse_checkout)]
+        return [Fact(f"git@{self.runs_as or 'root'}:{self.dest}", read_as(self.runs_as, cmd), _parse_checkout)]
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
         if self.error:

@@ -12,13 +12,22 @@ from typing import Any
 
 from .facts import Fact
 from .shell import as_user, q
-from .steps import KEPT, STATE_DIR, Handler, Outcome, Step, Verify
+from .steps import KEPT, STATE_DIR, Handler, Outcome, Step, Verify, read_as
 
 PRELUDE = r"""
 set -u
 umask 022
 export LC_ALL=C DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 mark() { printf '\n@@%s@@ %s\n' "$__N" "$*"; }
+# A fact in a user's territory is read as that user (fleet.steps.read_as); a user that does
+# not exist yet owns nothing there. /etc/passwd is read by bash itself: no process per fact.
+__read_as() {
+  local name rest
+  while IFS=: read -r name rest; do
+    if [ "$name" = "$1" ]; then runuser -u "$1" -- bash -c "$2"; return; fi
+  done < /etc/passwd
+  echo ABSENT
+}
 # HTTP GET through bash's /dev/tcp: no process started (cheap in every probe), and a token
 # passed here is never in any process's arguments. Succeeds on a 2xx status line.
 __http_ok() {
@@ -128,7 +137,7 @@ class Probe:
     def script(self) -> str:
         parts = [f"__N={self.nonce}", PRELUDE]
         for user, paths in self._stat_paths().items():
-            parts.append(f"mark stats {user or ''}\n( {as_user(user, stat_batch(paths, bounded=bool(user)))}\n) 2>&1")
+            parts.append(f"mark stats {user or ''}\n( {read_as(user, stat_batch(paths, bounded=bool(user)))}\n) 2>&1")
         for index, fact in enumerate(self.facts):
             if not fact.stat_path:
                 parts.append(f"mark fact {index}\n( {fact.command}\n) 2>&1")

@@ -75,6 +75,13 @@ def territory(user: str | None) -> str | None:
     return user if user and user != "root" else None
 
 
+def read_as(user: str | None, command: str) -> str:
+    """A fact's command as `user` (the probe's `__read_as`, fleet.remote). A user that does not
+    exist yet (a first run creates it) owns nothing: the fact reads ABSENT."""
+    user = territory(user)
+    return f"__read_as {q(user)} {q(command)}" if user else command
+
+
 def home_territory(path: str, user: str | None) -> str | None:
     """`user` when `path` lies in that user's home (/home/USER/...), else None (root's, checked at apply)."""
     user = territory(user)
@@ -118,7 +125,7 @@ def path_fact(path: str, content: bool = False, user: str | None = None) -> Fact
     user = territory(user)
     kind = "content" if content else "stat"
     key = f"{kind}@{user}:{path}" if user else f"{kind}:{path}"
-    return Fact(key, as_user(user, cmd), _parse_stat, stat_path=None if content else path, user=user)
+    return Fact(key, read_as(user, cmd), _parse_stat, stat_path=None if content else path, user=user)
 
 
 def _attr_commands(path: str, have: dict, owner: str | None, group: str | None, mode: str | None) -> list[str]:
@@ -478,6 +485,10 @@ class User(Step):
     shell: str = "/bin/bash"
     groups: tuple[str, ...] = ()
     system: bool = False
+
+    @property
+    def runs_as(self) -> str | None:
+        return None  # `user` here is the account to create: the step itself is root's
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z_][a-z0-9_-]*\$?", self.user):

@@ -114,10 +114,24 @@ def test_user_facts_are_read_as_the_user(place):
     (home / "peek").symlink_to(secret)
     facts = [path_fact(str(home / "peek"), user="nobody"), path_fact(str(home / "peek"), True, user="nobody")]
     probe = Probe(facts, [])
-    assert "runuser -u nobody" in probe.script()
+    assert "__read_as nobody" in probe.script()
     found, _, _, errors = probe.parse(subprocess.run(["bash", "-s"], input=probe.script(), capture_output=True,
                                                      text=True, timeout=30).stdout)
     assert errors == {}
     for fact in facts:   # a link is reported as a link; nothing of the file behind it is read
         assert found[fact.key]["kind"] == "symbolic link" and found[fact.key]["sha256"] is None
         assert found[fact.key]["content"] is None
+
+
+@needs_root
+def test_a_user_who_does_not_exist_yet_owns_nothing(place):
+    """A first run creates the course user after the probe: their paths and checkouts read as absent."""
+    from fleet.git import Git
+    from tests.test_steps import FakeResolver
+
+    facts = [path_fact(str(place), user="no-such-student"), path_fact(str(place), True, user="no-such-student"),
+             *Git("git://srv/c.git", str(place), "main", user="no-such-student", resolver=FakeResolver()).facts()]
+    probe = Probe(facts, [])
+    found, _, _, errors = probe.parse(subprocess.run(["bash", "-s"], input=probe.script(), capture_output=True,
+                                                     text=True, timeout=30).stdout)
+    assert errors == {} and found == {f.key: None for f in facts}
