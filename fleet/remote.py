@@ -20,13 +20,15 @@ umask 022
 export LC_ALL=C DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 mark() { printf '\n@@%s@@ %s\n' "$__N" "$*"; }
 # A fact in a user's territory is read as that user (fleet.steps.read_as); a user that does
-# not exist yet owns nothing there. /etc/passwd is read by bash itself: no process per fact.
+# not exist yet owns nothing there. /etc/passwd is read by bash itself: no process per fact
+# for local users.
 __read_as() {
   local name rest
   while IFS=: read -r name rest; do
     if [ "$name" = "$1" ]; then runuser -u "$1" -- bash -c "$2"; return; fi
   done < /etc/passwd
-  echo ABSENT
+  # Not a local user: ask NSS (LDAP and the like) before calling it absent.
+  if getent passwd "$1" >/dev/null; then runuser -u "$1" -- bash -c "$2"; else echo ABSENT; fi
 }
 # HTTP GET through bash's /dev/tcp: no process started (cheap in every probe), and a token
 # passed here is never in any process's arguments. Succeeds on a 2xx status line.
