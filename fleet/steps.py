@@ -539,6 +539,9 @@ class Command(Step):
             raise InputError("a command step needs creates=, unless= or idempotent=False", key=self.command)
         self.name = self.label or f"command {self.command}"
 
+    def paths(self) -> tuple[str, ...]:
+        return (self.creates,) if self.creates else ()   # what it makes is where it writes
+
     def facts(self, diff: bool = False) -> list[Fact]:
         facts = []
         if self.creates:

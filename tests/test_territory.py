@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import pytest
 
 from fleet.remote import Apply, Change, Probe
-from fleet.steps import Absent, Directory, File, Step, path_fact
+from fleet.steps import Absent, Command, Directory, File, Step, path_fact
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root and runuser")
@@ -60,6 +60,8 @@ ROOT_CASES: list[tuple[str, Callable[[Path], Step], bool]] = [
     ("through a root link into a user's folder",
      lambda p: (p.joinpath("link").symlink_to(nobody_dir(p)), File(str(p / "link" / "f"), "x\n"))[1], True),
     ("removal inside a user's folder", lambda p: ((nobody_dir(p) / "gone").mkdir(), Absent(str(p / "home" / "gone")))[1], True),
+    ("a command creating a file in a user's folder",
+     lambda p: Command(f"touch {p}/home/made", creates=str(nobody_dir(p) / "made")), True),
     ("world-writable folder", lambda p: ((p / "open").mkdir(), (p / "open").chmod(0o777), File(str(p / "open" / "f"), "x\n"))[2],
      True),
     ("sticky world-writable folder (like /tmp)",
