@@ -82,6 +82,8 @@ CASES = [
     ("doubled % in --max-fail", lambda p: None, ["--max-fail", "50%%"], ["--max-fail: expected a number of hosts", "'50%%'"]),
     ("--max-fail over 100%", lambda p: None, ["--max-fail", "150%"], ["--max-fail: expected a number of hosts", "'150%'"]),
     ("missing inventory", lambda p: p.unlink(), [], ["course.yml: cannot read file"]),
+    ("course name escapes", lambda p: p.write_text("name: ../../x\n" + p.read_text()), [],
+     ["course.yml:1: name: expected a course name"]),
 ]
 
 
