@@ -1,11 +1,15 @@
 """Files written whole, on the controller: a fresh temp file beside the target (O_EXCL and
 O_NOFOLLOW, mode 0600, so a planted file or link at a guessed name is never written through),
-synced, then renamed into place, or linked there where an existing file must win."""
+synced, then renamed into place, or linked there where an existing file must win; and the
+lock that makes a read-modify-write of such a file one step across processes."""
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -67,3 +71,15 @@ def create(path: str | Path, data: bytes, mode: int = 0o600) -> bool:
     if created:
         _sync_folder(path.parent)
     return created
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (a lock file of its own, mode 0600; released when the
+    holder exits, even by a crash): one process at a time between enter and exit."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
