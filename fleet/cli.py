@@ -205,14 +205,18 @@ def demo(count: int, keep: bool) -> None:
 
 @user_errors
 def disconnect() -> None:
-    from .keeper import stop
+    from .keeper import disconnect as retire
     from .state import state_dir
 
-    closed = stop(state_dir())
-    if closed is None:
+    reply = retire(state_dir())
+    if reply is None:
         console.print("no SSH connections are kept for this state folder")
-    else:
-        console.print(f"closed {closed} kept SSH connection{'s' if closed != 1 else ''}")
+        return
+    closed, in_use = reply["closed"], reply["in_use"]
+    message = f"closed {closed} kept SSH connection{'s' if closed != 1 else ''}"
+    if in_use:
+        message += f"; {in_use} in use by a running command close when its script is done"
+    console.print(message)
 
 
 def demo_down() -> None:
