@@ -4,8 +4,10 @@ costs a channel on an open connection instead of a login (key exchange, authenti
 a PAM session on the host), and the command-line process never loads the SSH stack.
 
 It listens on a Unix socket in a folder only its user can enter (mode 0700) and answers
-only that user (SO_PEERCRED). It exits after FLEET_SSH_PERSIST idle seconds, when its state
-folder is gone, or on `invoke disconnect`. A sudo password travels with each request and is
+only that user (SO_PEERCRED). It exits FLEET_SSH_PERSIST seconds after the last command
+using it went. Told to exit (`invoke disconnect`, or a command running newer code), or when
+its state folder or its socket is gone, it retires: no new hosts, and the scripts in flight
+finish before their connections close (see Keeper). A sudo password travels with each request and is
 never stored. A connection opened once is trusted as long as it stays open: its host key was
 checked against known_hosts when it was opened, and a rebuilt host drops it.
 """

@@ -263,6 +263,19 @@ def test_disconnect_lets_a_running_script_finish_then_closes_its_connection(stat
     keeper.stop(state)
 
 
+def test_a_command_that_reaches_a_retiring_keeper_moves_to_a_new_one(state, sshd):
+    conn = keeper.KeptConnection(_host(sshd), _options(state), state, persist=60)   # connected, not open yet
+    pid = _pid(state)
+    assert keeper.disconnect(state) == {"closed": 0, "in_use": 0}
+    assert not _process_gone(pid)            # still held by that command's socket
+    conn.open()                              # refused there ("retiring"): opened on a new keeper
+    assert _pid(state) != pid
+    assert conn.run_script("echo moved") == (0, "moved\n")
+    conn.close()
+    assert _wait(lambda: _process_gone(pid))
+    keeper.stop(state)
+
+
 def test_a_retired_keeper_finishes_the_scripts_it_runs(state, sshd, tmp_path, monkeypatch):
     monkeypatch.setattr(keeper, "VERSION", "older-code")      # an old keeper, in this process
     old = keeper.Keeper(keeper.socket_path(state), state, persist=60)
