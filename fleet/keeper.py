@@ -175,17 +175,22 @@ def _connect_socket(path: Path) -> socket.socket | None:
 
 
 def _greet(sock: socket.socket) -> bool:
-    """True when the keeper runs this code; an older one is told to exit."""
+    """True when the keeper runs this code; one running other code is told to retire."""
+    return _greeting(sock) == VERSION
+
+
+def _greeting(sock: socket.socket) -> str | None:
+    """The keeper's version (one that is not ours is told to retire), or None if none answered."""
     try:
         _send(sock, {"op": "hello"})
         reply = _recv(sock)
         if reply and reply.get("version") == VERSION:
-            return True
+            return VERSION
         _send(sock, {"op": "exit"})
         _recv(sock)
+        return reply.get("version") if reply else None
     except OSError:
-        pass
-    return False
+        return None
 
 
 def _keeper_socket(state_dir: Path, persist: int) -> socket.socket:
@@ -222,10 +227,14 @@ def _start(path: Path, state_dir: Path, persist: int) -> socket.socket:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         sock = _connect_socket(path)
-        if sock and _greet(sock):
+        version = _greeting(sock) if sock else None
+        if version == VERSION:
             return sock
         if sock:
             sock.close()
+        if version is not None:  # under the start lock, the keeper answering is the one just started
+            raise FleetError(f"the SSH keeper just started runs other code than this command: the files of "
+                             f"{PACKAGE} changed while it ran; run the command again")
         time.sleep(0.02)
     raise FleetError(f"the SSH keeper did not start within {START_TIMEOUT_S} s (see {log}); "
                      f"FLEET_SSH_PERSIST=0 connects without it")
@@ -357,8 +366,8 @@ class Keeper:
                     self.clients += 1   # counted before its thread runs: no idle exit in between
                 threading.Thread(target=self._serve_client, args=(client,), daemon=True).start()
         finally:
+            self._unlisten()   # first: a command arriving now starts another keeper, not a dead queue
             server.close()
-            self._unlisten()
             self._close_all()
 
     def _check(self, inode: int) -> None:

@@ -351,3 +351,11 @@ def test_the_version_covers_every_module_the_keeper_runs(tmp_path):
     unchanged = [line.split()[0] for line in out.splitlines() if line.endswith("False")]
     assert len(out.splitlines()) == len(relative) >= 4    # keeper, ssh, connection, inventory at least
     assert unchanged == [], f"changing these does not retire a running keeper: {unchanged}"
+
+
+def test_code_changed_under_a_running_command_is_said_plainly(state, monkeypatch):
+    monkeypatch.setattr(keeper, "VERSION", "code-before-an-update")   # this command loaded older files
+    with pytest.raises(FleetError, match="the SSH keeper just started runs other code than this command"):
+        keeper._keeper_socket(state, persist=60)
+    monkeypatch.undo()
+    assert _wait(lambda: keeper.hello(state) is None)                 # the one it started was retired
