@@ -1,10 +1,15 @@
-"""The runner's --max-fail parser: one parser for every form, tests as data."""
+"""The runner's --max-fail: one parser for every form (tests as data), and the runner using it."""
 from __future__ import annotations
+
+import socket
 
 import pytest
 
+from fleet.connection import ConnectOptions
 from fleet.errors import InputError
-from fleet.runner import parse_max_fail
+from fleet.inventory import Host
+from fleet.roles import HostPlan
+from fleet.runner import RunOptions, parse_max_fail, run_fleet
 
 GOOD = [
     # (text, hosts in the run, failures allowed)
@@ -23,3 +28,25 @@ def test_counts_and_percentages(text, total, allowed):
 def test_anything_else_is_bad_input(text):
     with pytest.raises(InputError, match=r"--max-fail: expected a number of hosts \(3\) or a percentage \(20%\) of at most 100%, got"):
         parse_max_fail(text)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]   # nothing listens once the socket closes
+
+
+@pytest.mark.parametrize("max_fail,started", [("1", 2), ("0", 1), ("50%", 3), ("12.5%", 1), (None, 4)])
+def test_the_runner_stops_starting_hosts_past_the_limit(tmp_path, monkeypatch, max_fail, started):
+    """Four unreachable hosts (a closed loopback port), one at a time: failures allowed + 1 start."""
+    monkeypatch.setenv("FLEET_SSH_PERSIST", "0")
+    port = _closed_port()
+    plans = {f"h{i}": HostPlan(Host(f"h{i}", "127.0.0.1", user="ubuntu", port=port), {}, [])
+             for i in range(4)}
+    options = RunOptions(connect=ConnectOptions(known_hosts=tmp_path / "known_hosts", connect_timeout=2),
+                         parallel=1, max_fail=max_fail)
+    run = run_fleet(plans, options)
+    statuses = [r.status for r in run.hosts.values()]
+    assert statuses == ["unreachable"] * started + ["skipped"] * (4 - started), statuses
+    if started < 4:
+        assert run.stopped_reason.startswith(f"--max-fail {max_fail} exceeded")
