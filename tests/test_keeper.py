@@ -19,6 +19,7 @@ from fleet import keeper
 from fleet.connection import ConnectOptions, Unreachable, connect
 from fleet.errors import FleetError
 from fleet.inventory import Host
+from tests.fixtures import fleet
 
 
 @pytest.fixture
@@ -247,7 +248,9 @@ def test_disconnect_lets_a_running_script_finish_then_closes_its_connection(stat
     script, started, go = _waiting_script(tmp_path)
     thread, outcome = _in_background(conn, script)
     assert _wait(started.exists)
-    assert keeper.disconnect(state) == {"closed": 0, "in_use": 1}
+    run = fleet("disconnect", state=state)              # `invoke disconnect`, as a user runs it
+    assert run.rc == 0, run.output
+    assert "closed 0 kept SSH connections; 1 in use by a running command close when its script is done" in run.output
     assert not keeper.socket_path(state).exists()       # the next command starts a keeper of its own
     other = keeper.KeptConnection(_host(sshd), _options(state), state, persist=60)
     other.open()
