@@ -22,7 +22,7 @@ from .inventory import Inventory
 from .report import Reporter, write_json
 from .results import RunResult
 from .roles import PROJECT, RoleSet
-from .runner import RunOptions, Stop, run_fleet
+from .runner import RunOptions, Stop, parse_max_fail, run_fleet
 from .secrets import CourseSecrets, Masker
 from .variables import parse_set
 
@@ -96,6 +96,8 @@ def provision(hosts: str, inventory: str | None = None, roles: str | None = None
               insecure_host_keys: bool = False, sudo_password: str | None = None,
               connect_timeout: int = 10, command_timeout: int = 1800, verbose: bool = False,
               out: Console | None = None) -> RunResult:
+    if max_fail is not None:
+        parse_max_fail(max_fail)  # bad input is refused before anything is loaded or resolved
     session = Session.open(inventory)
     names = session.select(hosts)
     only = [r.strip() for r in roles.split(",") if r.strip()] if roles else None
@@ -104,7 +106,6 @@ def provision(hosts: str, inventory: str | None = None, roles: str | None = None
                           only_roles=only, secrets=session.secrets, masker=session.masker, resolver=resolver)
     if sudo_password:
         session.masker.add(sudo_password)
-    _check_max_fail(max_fail)
     options = RunOptions(connect=connect_options(insecure_host_keys, sudo_password, connect_timeout, command_timeout),
                          check=check, diff=diff, verify=verify, parallel=parallel, max_fail=max_fail,
                          masker=session.masker)
@@ -119,14 +120,6 @@ def provision(hosts: str, inventory: str | None = None, roles: str | None = None
     if json_path:
         write_json(run, json_path)
     return run
-
-
-def _check_max_fail(value: str | None) -> None:
-    if value is None:
-        return
-    text = str(value).strip().rstrip("%")
-    if not text.replace(".", "", 1).isdigit():
-        raise InputError(f"expected a count or a percentage like 20%, got {value!r}", key="--max-fail")
 
 
 def show_vars(host: str, inventory: str | None = None, set_: list[str] | None = None) -> Table:

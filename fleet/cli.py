@@ -6,6 +6,7 @@ import functools
 import getpass
 import io
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from invoke import Exit
 from rich.table import Table
 
-from . import app
+from . import app, atomic
 from .errors import FleetError, InputError
 from .results import EXIT_INPUT
 
@@ -76,19 +77,46 @@ def facts(hosts: str, inventory: str | None, insecure_host_keys: bool = False) -
         raise Exit(code=3)
 
 
-def _access(session: app.Session, name: str, local_port: int | None = None) -> dict:
+# What may stand where ssh expects a destination: never an option (no leading '-'), no spaces.
+_ADDRESS = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9_.:%\[\]-]*")
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _check_destination(session: app.Session, host) -> None:
+    where = session.inventory.source
+    if not _ADDRESS.fullmatch(host.address or ""):
+        raise InputError(f"expected a host name or an IP address, got {host.address!r}", file=where,
+                         key=f"hosts.{host.name}.address")
+    if host.user is not None and not _USER.fullmatch(host.user):
+        raise InputError(f"expected a user name (letters, digits, '_', '.', '-'; not starting with '-'), "
+                         f"got {host.user!r}", file=where, key=f"hosts.{host.name}.user")
+
+
+def parse_local_port(value: object) -> int | None:
+    """--local-port: a whole number from 1 to 65535."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise InputError(f"expected a port number from 1 to 65535, got {str(value)!r}", key="--local-port")
+    return int(text)
+
+
+def _access(session: app.Session, name: str, local: int | None = None) -> dict:
     from .compile import host_vars
 
     host = session.inventory.hosts[name]
+    _check_destination(session, host)
     values = {k: v.value for k, v in host_vars(session.inventory, name, session.roleset, {}, session.secrets).items()}
     port = int(values["jupyter_port"])
-    local = int(local_port or port)
+    local = local or port
     ssh = ["ssh", "-N", "-L", f"{local}:localhost:{port}"]
     if host.key:
         ssh += ["-i", host.key]
     if host.port and host.port != 22:
         ssh += ["-p", str(host.port)]
-    ssh.append(f"{host.user}@{host.address}" if host.user else host.address)
+    # `--`: whatever follows is the destination, never an option, even if a check above is loosened.
+    ssh += ["--", f"{host.user}@{host.address}" if host.user else host.address]
     auth = values.get("jupyter_auth", "token")
     url = f"http://localhost:{local}/lab" + (f"?token={values['jupyter_token']}" if auth == "token" else "")
     return {"host": name, "student": values.get("student", name), "address": host.address,
@@ -96,11 +124,12 @@ def _access(session: app.Session, name: str, local_port: int | None = None) -> d
 
 
 @user_errors
-def tunnel(host: str, inventory: str | None, local_port: int | None, run: bool) -> None:
+def tunnel(host: str, inventory: str | None, local_port: object, run: bool) -> None:
+    local = parse_local_port(local_port)
     session = app.Session.open(inventory)
     if host not in session.inventory.hosts:
         raise InputError(f"unknown host {host!r} in {session.inventory.source}", key="--host")
-    access = _access(session, host, local_port)
+    access = _access(session, host, local)
     # The URL holds the token: it is printed here on purpose, for the person who asked.
     print(access["tunnel"])
     print(access["url"])
@@ -127,11 +156,7 @@ def handout(hosts: str, inventory: str | None, fmt: str, output: str | None) -> 
     if output:
         # The handout holds tokens: owner-only, written whole.
         path = Path(output)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
+        atomic.replace(path, buffer.getvalue(), mode=0o600)
         console.print(f"wrote {len(rows)} rows to {path} (mode 0600: it contains tokens)")
     else:
         sys.stdout.write(buffer.getvalue())
@@ -180,14 +205,18 @@ def demo(count: int, keep: bool) -> None:
 
 @user_errors
 def disconnect() -> None:
-    from .keeper import stop
+    from .keeper import disconnect as retire
     from .state import state_dir
 
-    closed = stop(state_dir())
-    if closed is None:
+    reply = retire(state_dir())
+    if reply is None:
         console.print("no SSH connections are kept for this state folder")
-    else:
-        console.print(f"closed {closed} kept SSH connection{'s' if closed != 1 else ''}")
+        return
+    closed, in_use = reply["closed"], reply["in_use"]
+    message = f"closed {closed} kept SSH connection{'s' if closed != 1 else ''}"
+    if in_use:
+        message += f"; {in_use} in use by a running command close when its script is done"
+    console.print(message)
 
 
 def demo_down() -> None:

@@ -6,6 +6,7 @@ validated before any host is touched.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ ANSIBLE_SCHEMA = {
 ANSIBLE_CONNECTION = {"ansible_host": "address", "ansible_user": "user", "ansible_port": "port",
                       "ansible_ssh_private_key_file": "key"}
 RESERVED_GROUPS = {"all", "ungrouped"}
+# The course name becomes a file name (.fleet/secrets/<name>.key) and goes into generated config.
+COURSE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass
@@ -197,6 +200,7 @@ def _link(inventory: Inventory, lines: yamlfile.Lines, path: Path) -> None:
     def fail(message: str, key: tuple) -> None:
         raise InputError(message, file=yamlfile.where(path, lines, key), key=yamlfile.dotted(key))
 
+    _check_course_name(inventory, path, lines)
     for group in inventory.groups.values():
         for host in group.hosts:
             if host not in inventory.hosts:
@@ -208,6 +212,16 @@ def _link(inventory: Inventory, lines: yamlfile.Lines, path: Path) -> None:
         _check_cycle(inventory, name, [], fail)
     for host in inventory.hosts.values():
         host.groups = [g for g in _ordered_groups(inventory) if host.name in inventory.group_hosts(g)]
+
+
+def _check_course_name(inventory: Inventory, path: Path, lines: yamlfile.Lines) -> None:
+    if COURSE_NAME.fullmatch(inventory.name):
+        return
+    given = ("name",) in lines or not lines   # else it is the file's name (Ansible shape, no `name:`)
+    raise InputError(f"expected a course name: a letter or digit, then letters, digits, '_', '.' or '-', "
+                     f"at most 64 characters; got {inventory.name!r}",
+                     file=yamlfile.where(path, lines, ("name",)) if given else str(path),
+                     key="name" if given else "name (the file's name)")
 
 
 def _check_cycle(inventory: Inventory, name: str, trail: list[str], fail) -> None:

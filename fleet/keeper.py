@@ -4,8 +4,10 @@ costs a channel on an open connection instead of a login (key exchange, authenti
 a PAM session on the host), and the command-line process never loads the SSH stack.
 
 It listens on a Unix socket in a folder only its user can enter (mode 0700) and answers
-only that user (SO_PEERCRED). It exits after FLEET_SSH_PERSIST idle seconds, when its state
-folder is gone, or on `invoke disconnect`. A sudo password travels with each request and is
+only that user (SO_PEERCRED). It exits FLEET_SSH_PERSIST seconds after the last command
+using it went. Told to exit (`invoke disconnect`, or a command running newer code), or when
+its state folder or its socket is gone, it retires: no new hosts, and the scripts in flight
+finish before their connections close (see Keeper). A sudo password travels with each request and is
 never stored. A connection opened once is trusted as long as it stays open: its host key was
 checked against known_hosts when it was opened, and a rebuilt host drops it.
 """
@@ -34,8 +36,12 @@ from .errors import FleetError
 from .inventory import Host
 
 PACKAGE = Path(__file__).resolve().parent
-# A keeper started by older code is retired: client and keeper must speak the same protocol.
-VERSION = hashlib.sha256(b"".join((PACKAGE / n).read_bytes() for n in ("keeper.py", "ssh.py"))).hexdigest()[:16]
+# A keeper started by older code is retired: client and keeper must run the same code. These are
+# the package's modules the keeper process imports (tests/test_keeper.py checks the list against
+# what importing keeper and ssh loads); a plain list, since every command computes the hash.
+SERVED_BY = ("__init__.py", "keeper.py", "ssh.py", "connection.py", "errors.py", "inventory.py", "yamlfile.py")
+VERSION = hashlib.sha256(b"".join(name.encode() + b"\0" + (PACKAGE / name).read_bytes() + b"\0"
+                                  for name in SERVED_BY)).hexdigest()[:16]
 START_TIMEOUT_S = 15
 
 
@@ -133,6 +139,8 @@ class KeptConnection:
                 raise ConnectionCut(self.host.name, "(the SSH keeper stopped)")
             raise KeeperGone(f"{self.host.name}: the SSH keeper stopped")
         error = reply.get("error")
+        if error == "retiring":   # it finishes what it runs but takes no new host: use another
+            raise KeeperGone(f"{self.host.name}: {reply['message']}")
         if error == "hostkey":
             raise HostKeyChanged(reply["message"])
         if error == "cut":
@@ -167,17 +175,22 @@ def _connect_socket(path: Path) -> socket.socket | None:
 
 
 def _greet(sock: socket.socket) -> bool:
-    """True when the keeper runs this code; an older one is told to exit."""
+    """True when the keeper runs this code; one running other code is told to retire."""
+    return _greeting(sock) == VERSION
+
+
+def _greeting(sock: socket.socket) -> str | None:
+    """The keeper's version (one that is not ours is told to retire), or None if none answered."""
     try:
         _send(sock, {"op": "hello"})
         reply = _recv(sock)
         if reply and reply.get("version") == VERSION:
-            return True
+            return VERSION
         _send(sock, {"op": "exit"})
         _recv(sock)
+        return reply.get("version") if reply else None
     except OSError:
-        pass
-    return False
+        return None
 
 
 def _keeper_socket(state_dir: Path, persist: int) -> socket.socket:
@@ -214,10 +227,14 @@ def _start(path: Path, state_dir: Path, persist: int) -> socket.socket:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         sock = _connect_socket(path)
-        if sock and _greet(sock):
+        version = _greeting(sock) if sock else None
+        if version == VERSION:
             return sock
         if sock:
             sock.close()
+        if version is not None:  # under the start lock, the keeper answering is the one just started
+            raise FleetError(f"the SSH keeper just started runs other code than this command: the files of "
+                             f"{PACKAGE} changed while it ran; run the command again")
         time.sleep(0.02)
     raise FleetError(f"the SSH keeper did not start within {START_TIMEOUT_S} s (see {log}); "
                      f"FLEET_SSH_PERSIST=0 connects without it")
@@ -246,12 +263,20 @@ def _ask(state_dir: Path, request: dict[str, Any]) -> dict[str, Any] | None:
             return None
 
 
-def stop(state_dir: Path) -> int | None:
-    """Ask the state folder's keeper to close its connections and exit: how many it held, or
+def disconnect(state_dir: Path) -> dict[str, int] | None:
+    """Retire the state folder's keeper: it stops listening at once (the next command starts
+    another), closes the connections no command uses now (`closed`), lets the scripts of
+    commands still using one finish (`in_use`), and exits when the last of them is done.
     None when none was running."""
     reply = _ask(state_dir, {"op": "exit"})
     _known_good.discard(socket_path(state_dir))
-    return None if reply is None else int(reply.get("closed", 0))
+    return None if reply is None else {"closed": int(reply.get("closed", 0)), "in_use": int(reply.get("in_use", 0))}
+
+
+def stop(state_dir: Path) -> int | None:
+    """disconnect(), counted: how many connections the keeper held, or None when none ran."""
+    reply = disconnect(state_dir)
+    return None if reply is None else reply["closed"] + reply["in_use"]
 
 
 def hello(state_dir: Path) -> dict[str, Any] | None:
@@ -282,21 +307,39 @@ def stop_all_under(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------- the keeper itself
 
 class _Slot:
-    """One host's kept connection; its lock makes concurrent askers share one login."""
+    """One host's kept connection; its lock makes concurrent askers share one login. `users`:
+    the commands that opened it and have not closed yet (a retiring keeper keeps it for them)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.conn: Any = None
+        self.users = 0
+
+
+class _Session:
+    """One command's socket to the keeper, for one host."""
+
+    def __init__(self) -> None:
+        self.host: Host | None = None
+        self.options: ConnectOptions | None = None
+        self.slot: _Slot | None = None
 
 
 class Keeper:
+    """Its life: serving; then retiring (told to exit, replaced by newer code, its socket taken
+    over or its state folder gone), when it stops listening, closes the connections no command
+    uses and refuses new hosts, while the scripts of commands that opened a connection before
+    finish; then it exits, once the last command has closed its socket. An idle keeper (no
+    command connected for FLEET_SSH_PERSIST s) exits too. Only SIGTERM ends it at once."""
+
     def __init__(self, path: Path, state_dir: Path, persist: int) -> None:
         self.path, self.state_dir, self.persist = path, state_dir, persist
         self.version = VERSION          # of the code it started with
         self.slots: dict[tuple, _Slot] = {}
-        self.lock = threading.Lock()
-        self.busy = 0
+        self.lock = threading.Lock()    # guards slots, users, clients, retiring
+        self.clients = 0                # commands connected now: a keeper with one is never idle
         self.last_used = time.monotonic()
+        self.retiring = False
         self.stopping = threading.Event()
         self.inode = 0
 
@@ -317,110 +360,157 @@ class Keeper:
                 try:
                     client, _ = server.accept()
                 except socket.timeout:
-                    reason = self._reason_to_exit(inode)
-                    if reason:
-                        log(f"keeper {os.getpid()} exits: {reason}")
-                        break
+                    self._check(inode)
                     continue
+                with self.lock:
+                    self.clients += 1   # counted before its thread runs: no idle exit in between
                 threading.Thread(target=self._serve_client, args=(client,), daemon=True).start()
         finally:
+            self._unlisten()   # first: a command arriving now starts another keeper, not a dead queue
             server.close()
-            try:
-                if self.path.stat().st_ino == inode:
-                    self.path.unlink()
-            except OSError:
-                pass
             self._close_all()
 
-    def _reason_to_exit(self, inode: int) -> str | None:
+    def _check(self, inode: int) -> None:
+        """Once a second: exit when idle, retire when the keeper's place is gone."""
         with self.lock:
-            idle = self.busy == 0 and time.monotonic() - self.last_used > self.persist
+            idle = self.clients == 0 and time.monotonic() - self.last_used > self.persist
         if idle:
-            return f"idle for {self.persist} s"
+            log(f"keeper {os.getpid()} exits: idle for {self.persist} s")
+            self.stopping.set()
+            return
+        if self.retiring:
+            return
+        reason = None
         if not self.state_dir.is_dir():
-            return "its state folder is gone"
-        try:
-            if self.path.stat().st_ino != inode:
-                return "another keeper took over its socket"
-        except OSError:
-            return "its socket is gone"
-        return None
+            reason = "its state folder is gone"
+        else:
+            try:
+                if self.path.stat().st_ino != inode:
+                    reason = "another keeper took over its socket"
+            except OSError:
+                reason = "its socket is gone"
+        if reason:
+            self._retire(reason)
+
+    def _retire(self, reason: str) -> dict[str, int]:
+        """Stop listening, close what no command uses, let the rest finish (see the class)."""
+        self._unlisten()
+        with self.lock:
+            first = not self.retiring
+            self.retiring = True
+            idle = [slot for slot in self.slots.values() if slot.users == 0 and slot.conn is not None]
+            in_use = sum(1 for slot in self.slots.values() if slot.users and slot.conn is not None and slot.conn.alive)
+            if self.clients == 0:
+                self.stopping.set()
+        if first:
+            log(f"keeper {os.getpid()} retires: {reason}; {in_use} connection(s) in use finish first")
+        return {"closed": sum(self._close(slot) for slot in idle), "in_use": in_use}
 
     def _unlisten(self) -> None:
-        self.stopping.set()
         try:
             if self.path.stat().st_ino == self.inode:
                 self.path.unlink()
         except OSError:
             pass
 
+    @staticmethod
+    def _close(slot: _Slot) -> int:
+        with slot.lock:
+            conn, slot.conn = slot.conn, None
+        if conn is None:
+            return 0
+        alive = int(conn.alive)
+        conn.close()
+        return alive
+
     def _close_all(self) -> int:
-        closed = 0
         with self.lock:
             slots = list(self.slots.values())
-        for slot in slots:
-            if slot.conn is not None:
-                closed += int(slot.conn.alive)
-                slot.conn.close()
-        return closed
+        return sum(self._close(slot) for slot in slots)
 
     def _serve_client(self, client: socket.socket) -> None:
-        with client:
-            creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            if struct.unpack("3i", creds)[1] != os.getuid():
-                return  # only the user who owns the connections may use them
-            current: tuple[Host, ConnectOptions] | None = None
-            try:
+        session = _Session()
+        try:
+            with client:
+                creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                if struct.unpack("3i", creds)[1] != os.getuid():
+                    return  # only the user who owns the connections may use them
                 while (request := _recv(client)) is not None:
-                    with self.lock:
-                        self.busy += 1
-                    try:
-                        reply, current = self._handle(request, current)
-                    finally:
-                        with self.lock:
-                            self.busy -= 1
-                            self.last_used = time.monotonic()
-                    _send(client, reply)
-                    if request["op"] == "exit":
-                        self.stopping.set()
+                    reply = self._handle(request, session)
+                    _send(client, reply)   # the keeper does not end before this is sent
+                    if request.get("op") == "exit":
                         return
-            except OSError:
-                return  # the command went away; its script (if any) has finished or goes on alone
+        except OSError:
+            pass  # the command went away; its script (if any) has finished or goes on alone
+        finally:
+            self._session_ended(session)
 
-    def _handle(self, request: dict[str, Any], current: tuple[Host, ConnectOptions] | None
-                ) -> tuple[dict[str, Any], tuple[Host, ConnectOptions] | None]:
+    def _session_ended(self, session: _Session) -> None:
+        with self.lock:
+            slot, session.slot = session.slot, None
+            last_user = slot is not None and slot.users == 1
+            if slot is not None:
+                slot.users -= 1
+            self.clients -= 1
+            self.last_used = time.monotonic()
+            retiring, none_left = self.retiring, self.clients == 0
+        if retiring and last_user:
+            self._close(slot)
+        if retiring and none_left:
+            self.stopping.set()
+
+    def _handle(self, request: dict[str, Any], session: _Session) -> dict[str, Any]:
         op = request.get("op")
         if op == "hello":
-            return {"version": self.version, "state_dir": str(self.state_dir), "pid": os.getpid()}, current
+            return {"version": self.version, "state_dir": str(self.state_dir), "pid": os.getpid()}
         if op == "exit":
-            self._unlisten()   # before answering: the next command must not find this keeper
-            return {"closed": self._close_all()}, current
+            # Before answering: the next command must not find this keeper.
+            return self._retire("told to exit")
         try:
             if op == "open":
                 host = Host(**request["host"])
                 fields = request["options"]
                 options = ConnectOptions(**(fields | {"known_hosts": Path(fields["known_hosts"])}))
+                slot = self._reserve(session, host, options)
+                if slot is None:
+                    return {"error": "retiring", "message": "the SSH keeper is retiring; another one takes over"}
                 _, new = self._connection(host, options)
-                return {"new": new}, (host, options)
-            if op == "run" and current is not None:
-                return self._run(current, request), current
-            return {"error": "protocol", "message": f"unexpected request {op!r}"}, current
+                return {"new": new}
+            if op == "run" and session.host is not None:
+                return self._run((session.host, session.options), request)
+            return {"error": "protocol", "message": f"unexpected request {op!r}"}
         except HostKeyChanged as exc:
-            return {"error": "hostkey", "message": str(exc)}, current
+            return {"error": "hostkey", "message": str(exc)}
         except ConnectionCut as exc:
-            return {"error": "cut", "message": str(exc), "output": exc.output}, current
+            return {"error": "cut", "message": str(exc), "output": exc.output}
         except Unreachable as exc:
-            return {"error": "unreachable", "message": str(exc)}, current
+            return {"error": "unreachable", "message": str(exc)}
         except Exception as exc:  # a bug must reach the user as this host's error, not kill the keeper
-            return {"error": "keeper", "message": f"{exc.__class__.__name__}: {exc}"}, current
+            return {"error": "keeper", "message": f"{exc.__class__.__name__}: {exc}"}
+
+    @staticmethod
+    def _key(host: Host, options: ConnectOptions) -> tuple:
+        return (host.address, host.port, host.user, host.key, str(options.known_hosts), options.strict_host_keys)
+
+    def _reserve(self, session: _Session, host: Host, options: ConnectOptions) -> _Slot | None:
+        """Make this session a user of the host's slot, unless the keeper retires (None)."""
+        with self.lock:
+            if self.retiring:
+                return None
+            slot = self.slots.setdefault(self._key(host, options), _Slot())
+            if session.slot is not slot:
+                if session.slot is not None:
+                    session.slot.users -= 1
+                slot.users += 1
+            session.host, session.options, session.slot = host, options, slot
+            return slot
 
     def _connection(self, host: Host, options: ConnectOptions, dead: Any = None) -> tuple[Any, bool]:
         """The host's open connection, or a new login (True) when there is none or it died."""
         from .ssh import SSHConnection
 
-        key = (host.address, host.port, host.user, host.key, str(options.known_hosts), options.strict_host_keys)
         with self.lock:
-            slot = self.slots.setdefault(key, _Slot())
+            slot = self.slots.setdefault(self._key(host, options), _Slot())
         with slot.lock:
             if slot.conn is not None and slot.conn is not dead and slot.conn.alive:
                 return slot.conn, False

@@ -3,7 +3,6 @@ Everything shown has passed through the run's secret masker."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import atomic
 from .results import HostResult, RunResult
 
 STYLE = {"ok": "green", "changed": "yellow", "drift": "yellow", "would change": "yellow", "failed": "red",
@@ -97,9 +97,4 @@ class Reporter:
 
 def write_json(run: RunResult, path: str | Path) -> None:
     """Write the full per-host, per-step result atomically, readable by its owner only."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(run.to_json(), handle, indent=2)
-    os.replace(tmp, path)
+    atomic.replace(Path(path), json.dumps(run.to_json(), indent=2), mode=0o600)

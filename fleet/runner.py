@@ -6,14 +6,17 @@ once too many failed; SIGINT does the same and lets scripts already running fini
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable
 
 from .connection import Connection, ConnectOptions, ConnectionCut, Unreachable, connect
 from .remote import Apply, Change, Probe
+from .errors import InputError
 from .results import HostResult, RunResult, StepResult
 from .roles import HostPlan
 from .secrets import Masker
@@ -52,7 +55,7 @@ def run_fleet(plans: dict[str, HostPlan], options: RunOptions, stop: Stop | None
     started = time.monotonic()
     results: dict[str, HostResult] = {}
     names = list(plans)
-    limit = _fail_limit(options.max_fail, len(names))
+    limit = parse_max_fail(options.max_fail).allowed(len(names)) if options.max_fail else None
     lock = threading.Lock()
     queue = iter(names)
 
@@ -86,13 +89,31 @@ def run_fleet(plans: dict[str, HostPlan], options: RunOptions, stop: Stop | None
                      seconds=time.monotonic() - started)
 
 
-def _fail_limit(max_fail: str | None, total: int) -> int | None:
-    if not max_fail:
-        return None
-    text = str(max_fail).strip()
-    if text.endswith("%"):
-        return int(total * float(text[:-1]) / 100)
-    return int(text)
+_MAX_FAIL = re.compile(r"(?P<count>[0-9]+)|(?P<percent>[0-9]+(?:\.[0-9]+)?)\s*%")
+
+
+@dataclass(frozen=True)
+class MaxFail:
+    """--max-fail as given: a number of hosts, or a percentage of the hosts in the run."""
+
+    text: str
+    count: int | None = None
+    percent: Fraction | None = None
+
+    def allowed(self, total: int) -> int:
+        """How many failed hosts are tolerated; one more stops new hosts from starting."""
+        return self.count if self.count is not None else int(total * self.percent / 100)
+
+
+def parse_max_fail(value: object) -> MaxFail:
+    """The one parser of --max-fail (checked before anything is loaded, used by the runner)."""
+    text = str(value).strip()
+    match = _MAX_FAIL.fullmatch(text)
+    percent = Fraction(match["percent"]) if match and match["percent"] else None
+    if not match or (percent is not None and percent > 100):
+        raise InputError(f"expected a number of hosts (3) or a percentage (20%) of at most 100%, got {str(value)!r}",
+                         key="--max-fail")
+    return MaxFail(text, count=int(match["count"]) if match["count"] else None, percent=percent)
 
 
 def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:

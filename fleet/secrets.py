@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets as _random
 import threading
 from pathlib import Path
 
+from . import atomic
+from .errors import FleetError
 from .shell import redact_url
 
 MASK = "********"
+KEY_BYTES = 32
 SECRET_NAME = re.compile(r"(token|password|passwd|secret|passphrase|hashed)", re.I)
 
 
@@ -57,6 +59,8 @@ class Masker:
 
 class CourseSecrets:
     def __init__(self, directory: Path, course: str, masker: Masker) -> None:
+        if "/" in course or course in ("", ".", ".."):  # the inventory checks names; never a path here
+            raise ValueError(f"not a course name: {course!r}")
         self.path = directory / f"{course}.key"
         self.masker = masker
         self._key: bytes | None = None
@@ -65,13 +69,21 @@ class CourseSecrets:
     def _course_key(self) -> bytes:
         with self._lock:
             if self._key is None:
-                if not self.path.exists():
-                    self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "wb") as handle:
-                        handle.write(_random.token_bytes(32))
-                self._key = self.path.read_bytes()
+                self._key = self._load_or_create()
             return self._key
+
+    def _load_or_create(self) -> bytes:
+        # Runs started together: the lock makes one of them create the key; the key is put in
+        # place whole (link of a synced temp file), so no reader ever sees a part or an empty file.
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with atomic.locked(self.path.with_name(f".{self.path.name}.lock")):
+            if not self.path.exists():
+                atomic.create(self.path, _random.token_bytes(KEY_BYTES), mode=0o600)
+            key = self.path.read_bytes()
+        if len(key) != KEY_BYTES:
+            raise FleetError(f"{self.path}: expected a {KEY_BYTES}-byte course secret, found {len(key)} bytes. "
+                             f"Restore it from a backup, or remove it to make a new one (every token changes)")
+        return key
 
     def host_secret(self, host: str, purpose: str = "jupyter", length: int = 48) -> str:
         digest = hmac.new(self._course_key(), f"{host}/{purpose}".encode(), hashlib.sha256).hexdigest()

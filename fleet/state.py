@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from . import atomic
 from .roles import PROJECT
 
 
@@ -20,17 +21,21 @@ def _runs_file() -> Path:
 
 
 def remember_failed(inventory_source: str, failed: list[str]) -> None:
+    """Record this inventory's failed hosts; runs of other inventories finishing at the same
+    time keep theirs (locked read-modify-write, then an atomic replace)."""
     path = _runs_file()
-    runs = json.loads(path.read_text()) if path.exists() else {}
-    runs[str(Path(inventory_source).resolve()) if not inventory_source.startswith("aws:") else inventory_source] = failed
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(runs, indent=2))
-    os.replace(tmp, path)
+    with atomic.locked(path.with_name(".last-runs.lock")):
+        runs = json.loads(path.read_text()) if path.exists() else {}
+        runs[_key(inventory_source)] = failed
+        atomic.replace(path, json.dumps(runs, indent=2), mode=0o600)
+
+
+def _key(inventory_source: str) -> str:
+    return str(Path(inventory_source).resolve()) if not inventory_source.startswith("aws:") else inventory_source
 
 
 def last_failed(inventory_source: str) -> list[str] | None:
     path = _runs_file()
     if not path.exists():
         return None
-    key = str(Path(inventory_source).resolve()) if not inventory_source.startswith("aws:") else inventory_source
-    return json.loads(path.read_text()).get(key)
+    return json.loads(path.read_text()).get(_key(inventory_source))

@@ -77,8 +77,13 @@ CASES = [
     ("unreadable key file", lambda p: _edit(p, lambda d: d["hosts"]["h1"].update(key="/nonexistent/key.pem")), [],
      ["course.yml: hosts.h1.key: cannot read the SSH key file /nonexistent/key.pem"]),
     ("bad --set", lambda p: None, ["--set", "novalue"], ["--set: expected KEY=VALUE"]),
-    ("bad --max-fail", lambda p: None, ["--max-fail", "many"], ["--max-fail: expected a count or a percentage"]),
+    ("bad --max-fail", lambda p: None, ["--max-fail", "many"], ["--max-fail: expected a number of hosts"]),
+    ("fractional --max-fail", lambda p: None, ["--max-fail", "1.5"], ["--max-fail: expected a number of hosts", "'1.5'"]),
+    ("doubled % in --max-fail", lambda p: None, ["--max-fail", "50%%"], ["--max-fail: expected a number of hosts", "'50%%'"]),
+    ("--max-fail over 100%", lambda p: None, ["--max-fail", "150%"], ["--max-fail: expected a number of hosts", "'150%'"]),
     ("missing inventory", lambda p: p.unlink(), [], ["course.yml: cannot read file"]),
+    ("course name escapes", lambda p: p.write_text("name: ../../x\n" + p.read_text()), [],
+     ["course.yml:1: name: expected a course name"]),
 ]
 
 

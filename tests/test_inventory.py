@@ -129,6 +129,15 @@ BAD_INVENTORIES = [
     ("reserved group", "hosts: {h1: }\ngroups:\n  all: {hosts: [h1]}\n", "inv.yml:3", "reserved group name"),
     ("ansible unknown key", "all:\n  hostz: {}\n", "inv.yml:2", "all.hostz: unknown key"),
     ("bad host name", "hosts:\n  'h 1': {}\n", "inv.yml", "does not match"),
+    # The course name becomes a file name (.fleet/secrets/<name>.key) and goes into generated config.
+    ("course name escapes", "hosts: {h1: }\nname: ../../etc/cron.d/x\n", "inv.yml:2: name", "expected a course name"),
+    ("course name with a slash", "name: a/b\nhosts: {h1: }\n", "inv.yml:1: name", "got 'a/b'"),
+    ("course name dot", "name: .\nhosts: {h1: }\n", "inv.yml:1: name", "got '.'"),
+    ("course name dotdot", "name: ..\nhosts: {h1: }\n", "inv.yml:1: name", "got '..'"),
+    ("course name hidden", "name: .key\nhosts: {h1: }\n", "inv.yml:1: name", "got '.key'"),
+    ("course name newline", "name: \"lab\\nimport os\"\nhosts: {h1: }\n", "inv.yml:1: name", "got 'lab\\nimport os'"),
+    ("course name space", "name: my course\nhosts: {h1: }\n", "inv.yml:1: name", "got 'my course'"),
+    ("course name too long", f"name: {'a' * 65}\nhosts: {{h1: }}\n", "inv.yml:1: name", "at most 64"),
 ]
 
 
@@ -138,6 +147,22 @@ def test_bad_inventory_names_file_line_and_key(tmp_path, case, text, where, mess
         inventory.load(write(tmp_path, text))
     assert where in str(info.value)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["aws-lab", "ds_2026.fall", "L1", "a" * 64])
+def test_good_course_names(tmp_path, name):
+    assert inventory.load(write(tmp_path, f"name: {name}\nhosts: {{h1: }}\n")).name == name
+
+
+def test_an_ansible_inventory_is_named_after_its_file_which_must_make_a_course_name(tmp_path):
+    assert inventory.load(write(tmp_path, ANSIBLE, name="deep-learning.yml")).name == "deep-learning"
+    with pytest.raises(InputError, match=r"my course\.yml: name \(the file's name\): expected a course name"):
+        inventory.load(write(tmp_path, ANSIBLE, name="my course.yml"))
+
+
+def test_an_inventory_from_ec2_tags_has_its_name_checked_too():
+    with pytest.raises(InputError, match=r"aws:\.\./x: name: expected a course name"):
+        inventory.from_data({"name": "../x", "hosts": {"h1": {"address": "10.0.0.1"}}}, "aws:../x")
 
 
 def test_missing_inventory_file(tmp_path):
