@@ -75,7 +75,7 @@ CASES = [
         roles=["repos"], repos_list=[{"url": "git://x/y.git", "dest": "../../.ssh"}])), [],
      ["course.yml: vars: repos_list[0].dest: expected a folder inside"]),
     ("unreadable key file", lambda p: _edit(p, lambda d: d["hosts"]["h1"].update(key="/nonexistent/key.pem")), [],
-     ["course.yml: hosts.h1.key: cannot read the SSH key file /nonexistent/key.pem"]),
+     ["course.yml:", "hosts.h1.key: cannot read the SSH key file /nonexistent/key.pem"]),
     ("bad --set", lambda p: None, ["--set", "novalue"], ["--set: expected KEY=VALUE"]),
     ("bad --max-fail", lambda p: None, ["--max-fail", "many"], ["--max-fail: expected a count or a percentage"]),
     ("missing inventory", lambda p: p.unlink(), [], ["course.yml: cannot read file"]),
