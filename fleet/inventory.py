@@ -264,8 +264,10 @@ def _from_native(data: dict, path: Path, lines: yamlfile.Lines) -> Inventory:
         read.native(spec, ("hosts", pattern), given)
         if port is not None and "ansible_port" not in given:
             given["ansible_port"] = read.setting("ansible_port", port, ("hosts", pattern))
-        for name in names:
-            inventory.hosts[name] = Host(name=name, address=name, vars=dict(values), given=dict(given))
+        for name in names:  # a name also covered by a range adds up, as in Ansible
+            host = inventory.hosts.setdefault(name, Host(name=name, address=name))
+            host.vars.update(values)
+            host.given.update(given)
     for name, spec in (data.get("groups") or {}).items():
         if name in RESERVED_GROUPS:
             raise InputError(f"'{name}' is a reserved group name", file=yamlfile.where(path, lines, ("groups", name)),
