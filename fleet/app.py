@@ -161,7 +161,7 @@ def _connection_rows(table: Table, host, masker) -> None:
                 "port": (None, "~/.ssh/config or 22"), "key": (None, "~/.ssh/config or your SSH agent")}
     for name in ("address", "user", "port", "key", "sudo_password"):
         if name in host.origins:
-            value, source = getattr(host, name), host.origins[name]
+            value, source = getattr(host, name), host.origins[name].source
         elif name in defaults:
             value, source = defaults[name]
         else:

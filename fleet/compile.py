@@ -38,8 +38,8 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
     for name in hosts:
         host = inventory.hosts[name]
         if host.key and not os.access(Path(host.key).expanduser(), os.R_OK):
-            file, _, where = host.origins.get("key", f"{inventory.source} hosts.{name}.key").partition(" ")
-            errors.append(InputError(f"cannot read the SSH key file {host.key}", file=file, key=where))
+            origin = host.origins["key"]
+            errors.append(InputError(f"cannot read the SSH key file {host.key}", file=origin.file, key=origin.key))
         try:
             merged = host_vars(inventory, name, roleset, overrides, secrets)
             all_roles = list(merged["roles"].value or [])

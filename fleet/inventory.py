@@ -91,7 +91,7 @@ class Host:
     sudo_password: str | None = field(default=None, repr=False)
     given: dict[str, Setting] = field(default_factory=dict, repr=False)     # settings at the host's own level
     settings: dict[str, Setting] = field(default_factory=dict, repr=False)  # resolved over every level
-    origins: dict[str, str] = field(default_factory=dict)                   # field -> where it was set
+    origins: dict[str, Setting] = field(default_factory=dict, repr=False)   # field -> the setting used
 
 
 @dataclass
@@ -208,9 +208,6 @@ class _Reader:
     def where(self, keypath: tuple) -> str:
         return yamlfile.where(self.path, self.lines, keypath)
 
-    def source(self, keypath: tuple) -> str:
-        return f"{self.where(keypath)} {yamlfile.dotted(keypath)}"
-
     def split(self, values: dict | None, keypath: tuple) -> tuple[dict[str, Any], dict[str, Setting]]:
         plain: dict[str, Any] = {}
         found: dict[str, Setting] = {}
@@ -222,8 +219,8 @@ class _Reader:
         return plain, found
 
     def setting(self, name: str, value: Any, keypath: tuple) -> Setting:
-        setting = Setting(value, self.source(keypath))
-        settings.check_value(name, value, setting.source)
+        setting = Setting(value, self.where(keypath), yamlfile.dotted(keypath))
+        settings.check_value(name, value, setting.file, setting.key)
         return setting
 
     def native(self, spec: dict, keypath: tuple, found: dict[str, Setting]) -> None:
@@ -376,7 +373,7 @@ def _connect_settings(inventory: Inventory, host: Host) -> None:
     merged = settings.resolve([level.settings for level in inventory.levels(host)])
     found = settings.fields(host.name, merged)
     host.settings = merged
-    host.origins = {name: setting.source for name, setting in found.items()}
+    host.origins = found
     host.address = found["address"].value if "address" in found else host.name
     for name in ("user", "port", "key", "sudo_password"):
         setattr(host, name, found[name].value if name in found else None)

@@ -31,16 +31,20 @@ KNOWN = {name for names in ALIASES.values() for name in names} | UNDERSTOOD
 
 class Setting(NamedTuple):
     value: Any
-    source: str      # "inv.yml:12 all.vars.ansible_user"
+    file: str        # "inv.yml:12"
+    key: str         # "all.vars.ansible_user"
+
+    @property
+    def source(self) -> str:
+        return f"{self.file} {self.key}"
 
 
 def is_setting(key: Any) -> bool:
     return isinstance(key, str) and key.startswith("ansible_")
 
 
-def check_value(key: str, value: Any, source: str) -> None:
+def check_value(key: str, value: Any, file: str, where: str) -> None:
     """Per level, before anything is resolved: a bad port is refused even where a host overrides it."""
-    file, _, where = source.partition(" ")
     if key in PORTS:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
             raise InputError(f"expected a port number (an integer in 1..65535), got {value!r}", file=file, key=where)
@@ -77,8 +81,7 @@ def unused(merged: dict[str, Setting]) -> dict[str, Setting]:
 
 def _refuse(host: str, merged: dict[str, Setting]) -> None:
     def fail(name: str, message: str) -> None:
-        file, _, where = merged[name].source.partition(" ")
-        raise InputError(f"{message} (host {host})", file=file, key=where)
+        raise InputError(f"{message} (host {host})", file=merged[name].file, key=merged[name].key)
 
     connection = merged.get("ansible_connection")
     if connection is not None and connection.value not in ("ssh", "paramiko", "smart"):

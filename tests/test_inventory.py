@@ -209,9 +209,9 @@ def test_native_connection_settings_resolve_like_variables(tmp_path):
         "lab3": ("lab3", "special", 2222, "~/.ssh/course.pem"),
         "other": ("10.0.0.9", "ubuntu", 2200, "~/.ssh/course.pem"),
     }
-    assert inv.hosts["lab1"].origins["user"].endswith("inv.yml:8 groups.lab.user")
-    assert inv.hosts["lab3"].origins["user"].endswith("inv.yml:11 groups.special.vars.ansible_user")
-    assert inv.hosts["other"].origins["port"].endswith("inv.yml:4 vars.ansible_port")
+    assert inv.hosts["lab1"].origins["user"].source.endswith("inv.yml:8 groups.lab.user")
+    assert inv.hosts["lab3"].origins["user"].source.endswith("inv.yml:11 groups.special.vars.ansible_user")
+    assert inv.hosts["other"].origins["port"].source.endswith("inv.yml:4 vars.ansible_port")
     assert inv.hosts["lab2"].vars == {}  # connection settings are not role variables
 
 
