@@ -72,3 +72,36 @@ def test_connection_settings_at_all_and_group_level_provision_two_hosts(two_host
     again = fleet("provision", state=state, inventory=inventory, roles_path=True)
     assert again.rc == 0, again.output
     assert {again.report["hosts"][h.name]["status"] for h in two_hosts} == {"ok"}
+
+
+SUDO_PASSWORD = "become-Pa55-4k9w"
+
+
+def test_become_password_from_the_inventory_is_the_sudo_password(two_hosts, tmp_path):
+    """ansible_become_password at group level: used where sudo asks (a `teacher` login), harmless
+    where it does not (`ubuntu`, NOPASSWD), and never shown."""
+    from tests.fixtures import sh
+
+    first, second = two_hosts
+    sh(second, f"id teacher || (useradd -m -s /bin/bash teacher && echo 'teacher:{SUDO_PASSWORD}' | chpasswd && "
+               "echo 'teacher ALL=(ALL) ALL' > /etc/sudoers.d/teacher && chmod 0440 /etc/sudoers.d/teacher && "
+               "mkdir -p ~teacher/.ssh && cp ~ubuntu/.ssh/authorized_keys ~teacher/.ssh/ && chown -R teacher: ~teacher/.ssh)")
+    inventory = tmp_path / "course.yml"
+    inventory.write_text(yaml.safe_dump({"all": {
+        "vars": {"ansible_user": first.user, "ansible_ssh_private_key_file": str(first.key),
+                 "roles": ["faults"], "faults_version": "become", "faults_label": "become"},
+        "children": {"lab": {"vars": {"ansible_become_password": SUDO_PASSWORD},
+                             "hosts": {first.name: {"ansible_host": first.address},
+                                       second.name: {"ansible_host": second.address, "ansible_user": "teacher"}}}},
+    }}, sort_keys=False))
+    state = tmp_path / "state"
+    run = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert run.rc == 0, run.output
+    for host in two_hosts:
+        assert run.report["hosts"][host.name]["status"] == "changed"
+        assert as_root(host, "cat /srv/faults/after") == "after become\n"
+    shown = fleet("vars", "--host", second.name, state=state, inventory=inventory, roles_path=True)
+    assert "connection: sudo_password" in shown.output and "all.children.lab.vars.ansible_become_password" in shown.output
+    texts = [run.output, shown.output] + [p.read_text() for p in state.glob("report-*.json")]
+    assert all(SUDO_PASSWORD not in text for text in texts)
+    assert all("command not found" not in text for text in texts)  # the password never ran as a command
