@@ -110,6 +110,9 @@ def provision(hosts: str, inventory: str | None = None, roles: str | None = None
                          check=check, diff=diff, verify=verify, parallel=parallel, max_fail=max_fail,
                          masker=session.masker)
     stop = Stop()
+    if verbose and session.inventory.unused:
+        (out or console).print("inventory keys Fleet does not use: " + ", ".join(
+            f"{name} ({source})" for name, source in sorted(session.inventory.unused.items())), highlight=False)
     reporter = Reporter(out or console, show_diff=diff, verbose=verbose)
     with reporter, sigint_stops(stop):
         reporter.start(len(plans), "checking" if check else "provisioning")
@@ -136,4 +139,26 @@ def show_vars(host: str, inventory: str | None = None, set_: list[str] | None = 
     for key in sorted(merged):
         var = merged[key]
         table.add_row(key, session.masker(repr(var.value)), var.source)
+    _connection_rows(table, session.inventory.hosts[host], session.masker)
     return table
+
+
+def _connection_rows(table: Table, host, masker) -> None:
+    """How Fleet reaches the host, and where each setting came from (any level, either shape)."""
+    from .settings import unused
+
+    if host.sudo_password:
+        masker.add(host.sudo_password)
+    table.add_section()
+    defaults = {"address": (host.name, "the host's name"), "user": (None, "~/.ssh/config or your login name"),
+                "port": (None, "~/.ssh/config or 22"), "key": (None, "~/.ssh/config or your SSH agent")}
+    for name in ("address", "user", "port", "key", "sudo_password"):
+        if name in host.origins:
+            value, source = getattr(host, name), host.origins[name].source
+        elif name in defaults:
+            value, source = defaults[name]
+        else:
+            continue
+        table.add_row(f"connection: {name}", masker(repr(value)) if value is not None else "-", source)
+    for name, setting in sorted(unused(host.settings).items()):
+        table.add_row(name, masker(repr(setting.value)), f"{setting.source} (not used by Fleet)")

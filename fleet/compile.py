@@ -36,9 +36,10 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
     plans: dict[str, HostPlan] = {}
     errors: list[InputError] = []
     for name in hosts:
-        key = inventory.hosts[name].key
-        if key and not os.access(Path(key).expanduser(), os.R_OK):
-            errors.append(InputError(f"cannot read the SSH key file {key}", file=inventory.source, key=f"hosts.{name}.key"))
+        host = inventory.hosts[name]
+        if host.key and not os.access(Path(host.key).expanduser(), os.R_OK):
+            origin = host.origins["key"]
+            errors.append(InputError(f"cannot read the SSH key file {host.key}", file=origin.file, key=origin.key))
         try:
             merged = host_vars(inventory, name, roleset, overrides, secrets)
             all_roles = list(merged["roles"].value or [])
@@ -52,6 +53,8 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
                 continue
             values = HostVars.from_merged(merged)
             masker.add_vars(values)
+            if host.sudo_password:
+                masker.add(host.sudo_password)
             for role in roleset.roles.values():  # every role's secrets, used by this host's roles or not
                 for knob, rule in role.spec.items():
                     if rule.get("secret") and values.get(knob):

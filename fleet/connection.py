@@ -8,7 +8,7 @@ count what they did: `connections` (new SSH logins) and `commands` (remote comma
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -66,6 +66,8 @@ def persist_seconds() -> int:
 
 def connect(host: Host, options: ConnectOptions) -> Connection:
     """A connection for one host; open() logs in, or reuses the keeper's open connection."""
+    if host.sudo_password and not options.sudo_password:  # the inventory's ansible_become_password
+        options = replace(options, sudo_password=host.sudo_password)
     persist = persist_seconds()
     if persist:
         from .keeper import KeptConnection

@@ -20,6 +20,10 @@ from .connection import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyCh
 from .inventory import Host
 
 _known_hosts_lock = threading.Lock()
+# The password is stdin's first line. sudo reads it only when it asks (not under NOPASSWD, nor
+# with credentials cached): then the shell drops that line itself, or bash would run it.
+SUDO_WITH_PASSWORD = ("if sudo -n true 2>/dev/null; then read -r _; exec sudo -n bash -s; "
+                      "else exec sudo -S -p '' bash -s; fi")
 # Paramiko logs whole tracebacks for refused or dropped connections; we report them ourselves.
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
@@ -93,7 +97,7 @@ class SSHConnection:
         timeout = timeout or self.options.command_timeout
         as_root = self.conn.user == "root"
         password = sudo_password or self.options.sudo_password
-        command = "bash -s" if as_root else ("sudo -S -p '' bash -s" if password else "sudo -n bash -s")
+        command = "bash -s" if as_root else (SUDO_WITH_PASSWORD if password else "sudo -n bash -s")
         stdin = script if as_root or not password else password + "\n" + script
         try:
             channel = self.conn.client.get_transport().open_session(timeout=self.options.connect_timeout)

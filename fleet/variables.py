@@ -1,6 +1,7 @@
 """Variables with provenance, merged in one documented order (lowest first):
 
-    fleet defaults < role defaults < inventory `all` < groups (parents first) < host < --set
+    fleet defaults < role defaults < inventory `all` < groups (parents first)
+        < group_vars/all < group_vars/<group> < host < host_vars/<host> < --set
 
 Each value remembers where it came from, so `invoke vars --host X` can show it and an
 error can name the file that set a bad value. String values may use Jinja2 and refer to
@@ -30,11 +31,8 @@ Layer = tuple[str, dict[str, Any]]
 
 
 def inventory_layers(inventory: Inventory, host: Host) -> list[Layer]:
-    src = inventory.source
-    layers: list[Layer] = [(f"{src}: vars", inventory.vars)]
-    layers += [(f"{src}: groups.{g}.vars", inventory.groups[g].vars) for g in host.groups]
-    layers.append((f"{src}: hosts.{host.name}.vars", host.vars))
-    return layers
+    """The inventory's layers for one host, in Ansible's order (see Inventory.levels)."""
+    return [(level.label, level.vars) for level in inventory.levels(host)]
 
 
 def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ CASES = [
         roles=["repos"], repos_list=[{"url": "git://x/y.git", "dest": "../../.ssh"}])), [],
      ["course.yml: vars: repos_list[0].dest: expected a folder inside"]),
     ("unreadable key file", lambda p: _edit(p, lambda d: d["hosts"]["h1"].update(key="/nonexistent/key.pem")), [],
-     ["course.yml: hosts.h1.key: cannot read the SSH key file /nonexistent/key.pem"]),
+     ["course.yml:", "hosts.h1.key: cannot read the SSH key file /nonexistent/key.pem"]),
     ("bad --set", lambda p: None, ["--set", "novalue"], ["--set: expected KEY=VALUE"]),
     ("bad --max-fail", lambda p: None, ["--max-fail", "many"], ["--max-fail: expected a number of hosts"]),
     ("fractional --max-fail", lambda p: None, ["--max-fail", "1.5"], ["--max-fail: expected a number of hosts", "'1.5'"]),
@@ -84,7 +84,26 @@ CASES = [
     ("missing inventory", lambda p: p.unlink(), [], ["course.yml: cannot read file"]),
     ("course name escapes", lambda p: p.write_text("name: ../../x\n" + p.read_text()), [],
      ["course.yml:1: name: expected a course name"]),
+    # The same hosts in Ansible's shape, with a port out of range at group level: a bad-input error, not
+    # an unreachable host (exit 1, not 3).
+    ("ansible port out of range", lambda p: _ansible(p, {"ansible_port": 70000}), [],
+     ["course.yml:", "all.children.lab.vars.ansible_port: expected a port number (an integer in 1..65535), got 70000"]),
+    ("ansible_connection local", lambda p: _ansible(p, {"ansible_connection": "local"}), [],
+     ["course.yml:", "all.children.lab.vars.ansible_connection: ansible_connection: local is not supported"]),
+    ("ansible_become false", lambda p: _ansible(p, {"ansible_become": False}), [],
+     ["all.children.lab.vars.ansible_become: ansible_become: false is not supported"]),
+    ("ini inventory", lambda p: p.write_text("[lab]\nh1 ansible_host=127.0.0.1\n"), [],
+     ["course.yml: this is an INI inventory", "ansible-inventory -i"]),
 ]
+
+
+def _ansible(path: Path, group_vars: dict) -> None:
+    """The inventory rewritten in Ansible's shape: hosts in group `lab`, whose vars are given."""
+    data = yaml.safe_load(path.read_text())
+    hosts = {name: {"ansible_host": h["address"], "ansible_port": h["port"], "ansible_user": h["user"]}
+             for name, h in data["hosts"].items()}
+    path.write_text(yaml.safe_dump({"all": {"vars": data["vars"], "children": {
+        "lab": {"vars": group_vars, "hosts": hosts}}}}, sort_keys=False))
 
 
 def _edit(path: Path, change) -> None:

@@ -203,3 +203,128 @@ def test_bad_patterns(tmp_path, pattern, message):
         patterns.select(inv, pattern, failed=None)
     assert message in str(info.value)
     assert str(info.value).startswith("--hosts: ")
+
+
+NATIVE_CONNECTION = """
+user: ubuntu
+key: ~/.ssh/course.pem
+vars: {ansible_port: 2200}
+groups:
+  lab:
+    port: 2222
+    user: admin
+    hosts: ["lab[1:3]"]
+  special:
+    vars: {ansible_user: special}
+    hosts: [lab3]
+hosts:
+  lab[1:3]:
+  lab2: {port: 22}
+  other: {address: 10.0.0.9}
+"""
+
+
+def test_native_connection_settings_resolve_like_variables(tmp_path):
+    """all < group (parents first, siblings by name) < host, in the native shape as in Ansible's."""
+    inv = inventory.load(write(tmp_path, NATIVE_CONNECTION))
+    got = {name: (h.address, h.user, h.port, h.key) for name, h in inv.hosts.items()}
+    assert got == {
+        "lab1": ("lab1", "admin", 2222, "~/.ssh/course.pem"),
+        "lab2": ("lab2", "admin", 22, "~/.ssh/course.pem"),
+        "lab3": ("lab3", "special", 2222, "~/.ssh/course.pem"),
+        "other": ("10.0.0.9", "ubuntu", 2200, "~/.ssh/course.pem"),
+    }
+    assert inv.hosts["lab1"].origins["user"].source.endswith("inv.yml:8 groups.lab.user")
+    assert inv.hosts["lab3"].origins["user"].source.endswith("inv.yml:11 groups.special.vars.ansible_user")
+    assert inv.hosts["other"].origins["port"].source.endswith("inv.yml:4 vars.ansible_port")
+    assert inv.hosts["lab2"].vars == {}  # connection settings are not role variables
+
+
+def test_become_password_is_the_hosts_sudo_password_and_masked(tmp_path):
+    from fleet.secrets import Masker
+
+    inv = inventory.load(write(tmp_path, "all:\n  vars: {ansible_become_password: pw-all-1}\n"
+                                         "  hosts:\n    h1:\n    h2: {ansible_sudo_pass: pw-host-2}\n"))
+    assert (inv.hosts["h1"].sudo_password, inv.hosts["h2"].sudo_password) == ("pw-all-1", "pw-host-2")
+    assert "pw-" not in repr(inv.hosts["h1"])
+    from fleet.app import _connection_rows
+    from rich.console import Console
+    from rich.table import Table
+
+    table, masker = Table(), Masker()
+    table.add_column("name"), table.add_column("value"), table.add_column("from")
+    _connection_rows(table, inv.hosts["h2"], masker)
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "connection: sudo_password" in text and "pw-host-2" not in text and "********" in text
+
+
+def test_unused_ansible_keys_are_listed_once_with_where(tmp_path):
+    inv = inventory.load(write(tmp_path, "all:\n  vars: {ansible_python_interpreter: /usr/bin/python3}\n"
+                                         "  hosts:\n    h1:\n    h2: {ansible_python_interpreter: /bin/py}\n"))
+    assert inv.unused == {"ansible_python_interpreter": f"{tmp_path}/inv.yml:2 all.vars.ansible_python_interpreter"}
+    assert "ansible_python_interpreter" not in inv.hosts["h1"].vars
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[gpu]\nlab1 ansible_user=ubuntu\n", "this is an INI inventory"),
+    ("lab1 ansible_host=10.0.0.1\nlab2 ansible_host=10.0.0.2\n", "this is an INI inventory"),
+], ids=["sections", "host lines"])
+def test_ini_inventory_is_recognised_by_its_content(tmp_path, text, message):
+    with pytest.raises(InputError) as info:
+        inventory.load(write(tmp_path, text, name="hosts"))
+    assert message in str(info.value)
+    assert f"ansible-inventory -i {tmp_path}/hosts --list -y > inventory.yml" in str(info.value)
+
+
+PORTS = [
+    ("native host", "hosts:\n  h1: {port: 70000}\n", "inv.yml:2: hosts.h1.port"),
+    ("native group", "hosts: {h1: }\ngroups:\n  g:\n    port: 0\n    hosts: [h1]\n", "inv.yml:4: groups.g.port"),
+    ("native all", "port: 65536\nhosts: {h1: }\n", "inv.yml:1: port"),
+    ("native vars", "vars: {ansible_ssh_port: -1}\nhosts: {h1: }\n", "inv.yml:1: vars.ansible_ssh_port"),
+    ("ansible host", "all:\n  hosts:\n    h1: {ansible_port: 99999}\n", "inv.yml:3: all.hosts.h1.ansible_port"),
+    ("ansible all", "all:\n  vars:\n    ansible_port: true\n  hosts: {h1: }\n", "inv.yml:3: all.vars.ansible_port"),
+    ("host:port key", "all:\n  hosts:\n    h1:99999:\n", "inv.yml:3: all.hosts.h1:99999"),
+]
+
+
+@pytest.mark.parametrize("case,text,where", PORTS, ids=[c[0] for c in PORTS])
+def test_every_port_is_checked_at_every_level(tmp_path, case, text, where):
+    with pytest.raises(InputError) as info:
+        inventory.load(write(tmp_path, text))
+    assert where in str(info.value)
+    assert "expected a port number (an integer in 1..65535)" in str(info.value)
+
+
+def test_group_vars_file_errors_name_the_file(tmp_path):
+    write(tmp_path, "all:\n  children:\n    gpu:\n      hosts: {g1: }\n")
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "gpu.yml").write_text("a: 1\nansible_port: 0\n")
+    with pytest.raises(InputError, match=r"group_vars/gpu.yml:2: ansible_port: expected a port number"):
+        inventory.load(tmp_path / "inv.yml")
+    (tmp_path / "group_vars" / "gpu.yml").write_text("- not a mapping\n")
+    with pytest.raises(InputError, match=r"group_vars/gpu.yml: expected a mapping of variables"):
+        inventory.load(tmp_path / "inv.yml")
+    (tmp_path / "group_vars" / "gpu.yml").write_text("$ANSIBLE_VAULT;1.1;AES256\n3031\n")
+    with pytest.raises(InputError, match="an Ansible Vault file is not read"):
+        inventory.load(tmp_path / "inv.yml")
+
+
+@pytest.mark.parametrize("pattern,message", [
+    ("lab[1:]", "has no end"),
+    ("lab[1:3", "no closing ']'"),
+    ("lab[3:1]", "the begin comes after the end"),
+    ("lab[01:100]", "the same width"),
+    ("lab[1:5:0]", "the step must be"),
+    ("lab[a:3]", "expected numbers"),
+])
+def test_bad_host_ranges(tmp_path, pattern, message):
+    with pytest.raises(InputError) as info:
+        inventory.load(write(tmp_path, f"all:\n  hosts:\n    '{pattern}':\n"))
+    assert message in str(info.value) and "inv.yml:3" in str(info.value)
+
+
+def test_native_setting_given_twice_at_one_level(tmp_path):
+    with pytest.raises(InputError, match="user is given twice at this level"):
+        inventory.load(write(tmp_path, "hosts:\n  h1: {vars: {ansible_user: a}, user: b}\n"))
