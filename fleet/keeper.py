@@ -39,7 +39,8 @@ PACKAGE = Path(__file__).resolve().parent
 # A keeper started by older code is retired: client and keeper must run the same code. These are
 # the package's modules the keeper process imports (tests/test_keeper.py checks the list against
 # what importing keeper and ssh loads); a plain list, since every command computes the hash.
-SERVED_BY = ("__init__.py", "keeper.py", "ssh.py", "connection.py", "errors.py", "inventory.py", "yamlfile.py")
+SERVED_BY = ("__init__.py", "keeper.py", "ssh.py", "connection.py", "errors.py", "inventory.py", "yamlfile.py",
+             "hostrange.py", "settings.py", "varsdirs.py")
 VERSION = hashlib.sha256(b"".join(name.encode() + b"\0" + (PACKAGE / name).read_bytes() + b"\0"
                                   for name in SERVED_BY)).hexdigest()[:16]
 START_TIMEOUT_S = 15
