@@ -6,6 +6,7 @@ once too many failed; SIGINT does the same and lets scripts already running fini
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -151,7 +152,8 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
         else:
             status = "ok"
         diff = mask(outcome.diff) if not step.secret else ("(secret content: diff hidden)" if outcome.diff else None)
-        result.steps.append(StepResult(role, step.name, status, mask(outcome.message), diff))
+        digest = hashlib.sha256(mask(outcome.diff).encode()).hexdigest()[:16] if outcome.diff else None
+        result.steps.append(StepResult(role, step.name, status, mask(outcome.message), diff, digest=digest))
 
     notified = {h.marker for h in plan.handlers for c in changes if h.name in c.step.notify}
     notified |= {h.marker for h in plan.handlers if h.marker.rsplit("/", 1)[-1] in pending}
