@@ -119,6 +119,7 @@ class Reporter:
                 self.console.print(f"\n[bold]{heading}:[/]")
             for group in part:
                 self._group(group)
+        self.console.print()
 
     def _group(self, group: dict[str, Any]) -> None:
         bare = not (group["changes"] or group["handlers"] or group["failed_verifies"])
