@@ -177,3 +177,28 @@ def test_last_provision_is_recorded_per_host(tmp_path, monkeypatch):
     assert found["h2"] == {"time": "2026-12-02T09:30:00+00:00", "status": "failed", "changed": 0, "failed": 1}
     assert history.last("other.yml") == {}
     assert os.path.exists(tmp_path / "last-provision.json")
+
+
+# ------------------------------------------------------------------ AWS courses, against moto over HTTP
+
+from tests.test_cloud import CIDR, aws, ami, moto_url  # noqa: E402,F401 (fixtures)
+
+
+def test_aws_course_shows_instance_state_and_cost(aws, ami, tmp_path, monkeypatch):  # noqa: F811
+    from fleet import cloud
+
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path / "state"))
+    cloud.launch("art101", 2, ami=ami, cidr=CIDR, wait_ssh=False, instance_type="t3.micro")
+    names = sorted(cloud.inventory_hosts("art101")["hosts"])
+    # statuses from a run file: the instances' addresses lead nowhere, so nothing is probed
+    run = RunResult({n: HostResult(n, "unreachable", error="timed out") for n in names}, check=True)
+    (tmp_path / "run.json").write_text(json.dumps(run.to_json()))
+    done = classreport.build("all", "aws:art101", str(tmp_path / "aws.html"), json_path=str(tmp_path / "run.json"))
+    html = (tmp_path / "aws.html").read_text()
+    hourly = cloud.load_prices().hourly["t3.micro"]
+    assert done["counts"] == {"unreachable": 2} and done["cost"] is not None
+    cells = re.findall(r'<td class="instance small">([^<]*)</td><td class="cost small">([^<]*)</td>', html)
+    assert [c[0] for c in cells] == ["running t3.micro"] * 2, cells
+    assert all(c[1].startswith("$") and c[1].endswith(f"(${hourly:.3f}/h)") for c in cells), cells
+    assert 'id="summary-cost"' in html
+    assert '<div class="group" data-hosts="' + " ".join(names) + '">' in html   # grouped as unreachable
