@@ -267,6 +267,8 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
             row.jupyter = f"not probed: {facts}"
         elif isinstance(facts, dict):
             row.jupyter, row.jupyter_ok, row.kernels = jupyter_text(facts.get("report:jupyter"))
+            if not row.jupyter_ok and "jupyter" not in row.roles:
+                row.jupyter, row.jupyter_ok = "-", None   # not one of its roles: nothing to miss
             row.autostop = autostop_text(facts.get("report:autostop"), "autostop" in row.roles)
             row.mxnet = facts.get("report:mxnet") or ("not installed" if "mxnet" in row.roles else "-")
             gpu = facts.get(GPU_FACT.key)
