@@ -6,8 +6,12 @@ from a `--json` file groups exactly like a live one.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
+
+from .facts import Fact
+from .shell import q
 
 CHANGES = ("would change", "changed", "failed")
 # Hosts that could not be compared: grouped by their status alone (their errors name addresses).
@@ -92,6 +96,34 @@ def _follows(previous: str, name: str) -> bool:
     if padded and len(a.group(2)) != len(b.group(2)):
         return False
     return int(b.group(2)) == int(a.group(2)) + 1
+
+
+# ---------------------------------------------------------------- secret files
+# A secret file's content is never read back (no diff), yet two hosts' drift of it must be told
+# apart. The host hashes its copy with the secrets the wanted content holds (its token, its
+# password hash) replaced by a placeholder; the controller does the same to the wanted content.
+# Hosts whose copies differ from what they should be in the same way then share a digest.
+PLACEHOLDER = "@@fleet-secret@@"
+
+
+def masked_hash_fact(path: str, secrets: list[str]) -> Fact:
+    """sha256 of the file at path with each of secrets replaced (bash's literal ${v//"s"/r});
+    the secrets travel in the probe script on stdin, as the apply script's contents do."""
+    lines = [f"__m=$(cat -- {q(path)} 2>/dev/null && printf x) || {{ echo absent; exit 0; }}", "__m=${__m%x}"]
+    for secret in secrets:
+        lines += [f"__s={q(secret)}", f'__m=${{__m//"$__s"/{PLACEHOLDER}}}']
+    lines.append('printf %s "$__m" | sha256sum')
+    key = hashlib.sha256("\0".join([path, *secrets]).encode()).hexdigest()[:12]
+    return Fact(f"masked-sha256:{path}:{key}", "( " + "\n".join(lines) + "\n)", lambda text: text.split()[0])
+
+
+def masked_digest(wanted: bytes, secrets: list[str], host_hash: str) -> str:
+    """One grouping key for a secret file's change: its wanted content and the host's copy, both
+    without the host's own secrets."""
+    text = wanted.decode(errors="replace")
+    for secret in secrets:
+        text = text.replace(secret, PLACEHOLDER)
+    return hashlib.sha256(f"{hashlib.sha256(text.encode()).hexdigest()}:{host_hash}".encode()).hexdigest()[:16]
 
 
 def plural(n: int, word: str) -> str:

@@ -123,3 +123,46 @@ def test_apply_mode_keeps_per_host_details():
 def test_markup_in_names_and_messages_is_shown_as_text():
     text = run_output([host("h[1]", step("set [bold]x[/bold]", "-[red]\n"))])
     assert "h[1]" in text and "set [bold]x[/bold]" in text and "-[red]" in text
+
+
+# ---------------------------------------------------------------- secret files: digests without content
+
+def probe_locally(*facts):
+    """The facts inside a real probe script, run by bash as a host runs it."""
+    import subprocess
+
+    from fleet.remote import Probe
+
+    probe = Probe(list(facts), [])
+    out = subprocess.run(["bash", "-s"], input=probe.script(), capture_output=True, text=True, check=True).stdout
+    parsed, _, _, errors = probe.parse(out)
+    assert not errors, errors
+    return [parsed[f.key] for f in facts]
+
+
+TOKENS = {"h1": "a1" * 24, "h2": "b2" * 24, "h3": "c3$&*\\'\"" * 3}   # odd characters stay literal
+
+
+def config(token: str, extra: str = "") -> str:
+    return f"c.ServerApp.port = 8888\nc.IdentityProvider.token = \"{token}\"\n{extra}\n\n"
+
+
+def test_secret_files_drifted_alike_share_a_digest(tmp_path):
+    from fleet.drift import masked_digest, masked_hash_fact
+
+    edits = {"h1": "c.ServerApp.open_browser = True", "h2": "c.x = 600", "h3": "c.x = 600"}
+    digests, hashes = {}, {}
+    for name, token in TOKENS.items():
+        path = tmp_path / name
+        path.write_text(config(token, edits[name]))
+        fact = masked_hash_fact(str(path), [token])
+        assert token not in fact.command.splitlines()[0]
+        (hashes[name],) = probe_locally(fact)
+        digests[name] = masked_digest(config(token).encode(), [token], hashes[name])
+    assert digests["h2"] == digests["h3"] != digests["h1"]
+    assert len(set(hashes.values())) == 2          # the host side alone already agrees
+    # the same file with its token left in place hashes differently: the replacement happened
+    (plain,) = probe_locally(masked_hash_fact(str(tmp_path / "h2"), []))
+    assert plain != hashes["h2"]
+    (absent,) = probe_locally(masked_hash_fact(str(tmp_path / "missing"), ["x" * 8]))
+    assert absent == "absent"
