@@ -190,7 +190,17 @@ def _masked(value: Any, mask) -> Any:
 def render(context: dict[str, Any], templates: Path = PROJECT / "templates") -> str:
     env = Environment(loader=FileSystemLoader(str(templates)), undefined=StrictUndefined,
                       autoescape=select_autoescape(default=True, default_for_string=True), keep_trailing_newline=True)
+    env.filters["when"] = _when
     return env.get_template(TEMPLATE).render(**context)
+
+
+def _when(stamp: str) -> str:
+    """2026-12-02T13:10:00+00:00 -> 2026-12-02 13:10:00 UTC (stamps are written in UTC)."""
+    try:
+        moment = datetime.fromisoformat(stamp).astimezone(timezone.utc)
+    except (TypeError, ValueError):
+        return str(stamp)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def write_page(path: Path, html: str, private: bool) -> None:
