@@ -166,3 +166,18 @@ def test_secret_files_drifted_alike_share_a_digest(tmp_path):
     assert plain != hashes["h2"]
     (absent,) = probe_locally(masked_hash_fact(str(tmp_path / "missing"), ["x" * 8]))
     assert absent == "absent"
+
+
+@pytest.mark.parametrize("tty, columns, expected", [(False, None, 160), (False, "100", 100), (False, "junk", 160),
+                                                    (True, "100", None)])
+def test_console_width_when_piped(monkeypatch, tty, columns, expected):
+    import sys
+
+    from fleet.report import console_width
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty, raising=False)
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert console_width() == expected
