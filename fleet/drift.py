@@ -6,6 +6,7 @@ from a `--json` file groups exactly like a live one.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from typing import Any
@@ -99,31 +100,28 @@ def _follows(previous: str, name: str) -> bool:
 
 
 # ---------------------------------------------------------------- secret files
-# A secret file's content is never read back (no diff), yet two hosts' drift of it must be told
-# apart. The host hashes its copy with the secrets the wanted content holds (its token, its
-# password hash) replaced by a placeholder; the controller does the same to the wanted content.
-# Hosts whose copies differ from what they should be in the same way then share a digest.
+# A secret file's content is never read back (no diff is shown), yet two hosts' drift of it must
+# be told apart. The probe sends the wanted content with this host's secrets (its token, its
+# password hash) replaced by a placeholder; the host replaces the same secrets in its copy, diffs
+# the two (plain `diff`: changed lines only, no context, so the host's name in a header line
+# does not count) and returns only the hash of that diff. Hosts edited alike share the hash.
 PLACEHOLDER = "@@fleet-secret@@"
 
 
-def masked_hash_fact(path: str, secrets: list[str]) -> Fact:
-    """sha256 of the file at path with each of secrets replaced (bash's literal ${v//"s"/r});
-    the secrets travel in the probe script on stdin, as the apply script's contents do."""
-    lines = [f"__m=$(cat -- {q(path)} 2>/dev/null && printf x) || {{ echo absent; exit 0; }}", "__m=${__m%x}"]
-    for secret in secrets:
-        lines += [f"__s={q(secret)}", f'__m=${{__m//"$__s"/{PLACEHOLDER}}}']
-    lines.append('printf %s "$__m" | sha256sum')
-    key = hashlib.sha256("\0".join([path, *secrets]).encode()).hexdigest()[:12]
-    return Fact(f"masked-sha256:{path}:{key}", "( " + "\n".join(lines) + "\n)", lambda text: text.split()[0])
-
-
-def masked_digest(wanted: bytes, secrets: list[str], host_hash: str) -> str:
-    """One grouping key for a secret file's change: its wanted content and the host's copy, both
-    without the host's own secrets."""
+def masked_diff_fact(path: str, wanted: bytes, secrets: list[str]) -> Fact:
+    """sha256 of `diff wanted actual`, both without secrets ('absent' when there is no file).
+    The secrets travel in the probe script on stdin, as the apply script's contents do."""
     text = wanted.decode(errors="replace")
     for secret in secrets:
         text = text.replace(secret, PLACEHOLDER)
-    return hashlib.sha256(f"{hashlib.sha256(text.encode()).hexdigest()}:{host_hash}".encode()).hexdigest()[:16]
+    encoded = base64.b64encode(text.encode()).decode()
+    lines = [f"__m=$(cat -- {q(path)} 2>/dev/null && printf x) || {{ echo absent; exit 0; }}", "__m=${__m%x}",
+             f"__w=$(printf %s {q(encoded)} | base64 -d && printf x); __w=${{__w%x}}"]
+    for secret in secrets:
+        lines += [f"__s={q(secret)}", f'__m=${{__m//"$__s"/{PLACEHOLDER}}}']
+    lines.append('diff <(printf %s "$__w") <(printf %s "$__m") | sha256sum')
+    key = hashlib.sha256("\0".join([path, encoded, *secrets]).encode()).hexdigest()[:12]
+    return Fact(f"masked-diff:{path}:{key}", "( " + "\n".join(lines) + "\n)", lambda out: out.split()[0][:16])
 
 
 def plural(n: int, word: str) -> str:

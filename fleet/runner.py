@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .connection import Connection, ConnectOptions, ConnectionCut, Unreachable, connect
-from .drift import masked_digest, masked_hash_fact
+from .drift import masked_diff_fact
 from .facts import Fact
 from .remote import Apply, Change, Probe
 from .results import HostResult, RunResult, StepResult
@@ -124,13 +124,13 @@ def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:
 def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection, result: HostResult) -> None:
     mask = options.masker
     facts_wanted = {}
-    masked: dict[int, tuple[Fact, list[str]]] = {}   # secret files: see fleet.drift
+    masked: dict[int, tuple[Fact, list[str]]] = {}   # secret files' drift digests: see fleet.drift
     for index, (_, step) in enumerate(plan.steps):
         for fact in step.facts(diff=options.diff or options.check):
             facts_wanted.setdefault(fact.key, fact)
         if (options.diff or options.check) and step.secret and isinstance(step, File):
             secrets = mask.found_in(step.content.decode(errors="replace"))
-            masked[index] = (masked_hash_fact(step.path, secrets), secrets)
+            masked[index] = (masked_diff_fact(step.path, step.content, secrets), secrets)
             facts_wanted.setdefault(masked[index][0].key, masked[index][0])
     every_run = [v for _, v in plan.verifies if v.every_run]
     probe = Probe(list(facts_wanted.values()), every_run)
@@ -161,8 +161,7 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
         diff = mask(outcome.diff) if not step.secret else ("(secret content: diff hidden)" if outcome.diff else None)
         digest = hashlib.sha256(mask(outcome.diff).encode()).hexdigest()[:16] if outcome.diff else None
         if outcome.changed and index in masked and masked[index][0].key in facts:
-            fact, secrets = masked[index]
-            digest = masked_digest(step.content, secrets, facts[fact.key])
+            digest = facts[masked[index][0].key]
         result.steps.append(StepResult(role, step.name, status, mask(outcome.message), diff, digest=digest))
 
     notified = {h.marker for h in plan.handlers for c in changes if h.name in c.step.notify}

@@ -143,28 +143,28 @@ def probe_locally(*facts):
 TOKENS = {"h1": "a1" * 24, "h2": "b2" * 24, "h3": "c3$&*\\'\"" * 3}   # odd characters stay literal
 
 
-def config(token: str, extra: str = "") -> str:
-    return f"c.ServerApp.port = 8888\nc.IdentityProvider.token = \"{token}\"\n{extra}\n\n"
+def config(name: str, token: str, extra: str = "") -> str:
+    return f"# managed for {name}\nc.ServerApp.port = 8888\nc.IdentityProvider.token = \"{token}\"\n{extra}\n"
 
 
 def test_secret_files_drifted_alike_share_a_digest(tmp_path):
-    from fleet.drift import masked_digest, masked_hash_fact
+    from fleet.drift import masked_diff_fact
 
     edits = {"h1": "c.ServerApp.open_browser = True", "h2": "c.x = 600", "h3": "c.x = 600"}
-    digests, hashes = {}, {}
+    digests = {}
     for name, token in TOKENS.items():
         path = tmp_path / name
-        path.write_text(config(token, edits[name]))
-        fact = masked_hash_fact(str(path), [token])
-        assert token not in fact.command.splitlines()[0]
-        (hashes[name],) = probe_locally(fact)
-        digests[name] = masked_digest(config(token).encode(), [token], hashes[name])
+        path.write_text(config(name, token, edits[name]))
+        fact = masked_diff_fact(str(path), config(name, token).encode(), [token])
+        assert token not in fact.command.split("__s=")[0]     # only where the host needs it to mask
+        (digests[name],) = probe_locally(fact)
     assert digests["h2"] == digests["h3"] != digests["h1"]
-    assert len(set(hashes.values())) == 2          # the host side alone already agrees
-    # the same file with its token left in place hashes differently: the replacement happened
-    (plain,) = probe_locally(masked_hash_fact(str(tmp_path / "h2"), []))
-    assert plain != hashes["h2"]
-    (absent,) = probe_locally(masked_hash_fact(str(tmp_path / "missing"), ["x" * 8]))
+    # a host whose token line itself was edited is told apart
+    (tmp_path / "h3").write_text(config("h3", "d4" * 24, edits["h3"]))
+    (changed,) = probe_locally(masked_diff_fact(str(tmp_path / "h3"), config("h3", TOKENS["h3"]).encode(),
+                                                [TOKENS["h3"]]))
+    assert changed != digests["h2"]
+    (absent,) = probe_locally(masked_diff_fact(str(tmp_path / "missing"), b"x\n", ["x" * 8]))
     assert absent == "absent"
 
 
