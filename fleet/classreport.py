@@ -51,7 +51,8 @@ try:
     with opener.open(req, timeout=5) as r:
         specs = json.load(r)
     out["default"] = specs.get("default")
-    out["kernels"] = sorted((n, (s.get("spec") or {{}}).get("display_name", n)) for n, s in specs.get("kernelspecs", {{}}).items())
+    out["kernels"] = sorted((n, (s.get("spec") or {{}}).get("display_name", n))
+                            for n, s in specs.get("kernelspecs", {{}}).items())
 except Exception as exc:
     out["error"] = (exc.__class__.__name__ + ": " + str(exc))[:200]
 print(json.dumps(out))
