@@ -151,6 +151,15 @@ def jupyter_text(found: dict[str, Any] | None) -> tuple[str, bool | None, list[s
     return text, True, kernels
 
 
+def gpu_text(name: str, gpu, v: dict[str, Any]) -> tuple[str, str]:
+    """The GPU cell ("2 x Tesla V100 (cc 7.0)") and which MXNet wheel the host's GPUs can run."""
+    choice = choose_mxnet_build(gpu, prefer=v.get("mxnet_build", "auto"), cuda=v.get("mxnet_cuda") or None,
+                                allow_cpu_fallback=bool(v.get("mxnet_allow_cpu_fallback")))
+    table = gpu_table_rows({name: (gpu, choice)})[0]
+    cell = table["gpu"] if not gpu.gpus else f"{table['count']} x {table['gpu']} (cc {table['compute_cap']})"
+    return cell, (f"fits: {choice.spec}" if choice.ok else f"refused: {choice.reason}")
+
+
 def aws_columns(rows: list, ids: dict[str, str]) -> dict[str, tuple[str, str]]:
     """host -> (instance state and type, cost so far), matched by the inventory's instance_id."""
     by_id = {row.instance_id: row for row in rows}
@@ -282,15 +291,10 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
                 row.jupyter, row.jupyter_ok = "-", None   # not one of its roles: nothing to miss
             row.autostop = autostop_text(facts.get("report:autostop"), "autostop" in row.roles)
             row.mxnet = facts.get("report:mxnet") or ("not installed" if "mxnet" in row.roles else "-")
-            gpu = facts.get(GPU_FACT.key)
-            if gpu is not None:
-                choice = choose_mxnet_build(gpu, prefer=v.get("mxnet_build", "auto"), cuda=v.get("mxnet_cuda") or None,
-                                            allow_cpu_fallback=bool(v.get("mxnet_allow_cpu_fallback")))
-                table = gpu_table_rows({name: (gpu, choice)})[0]
-                row.gpu = table["gpu"] if table["gpu"] == "-" else f"{table['count']} x {table['gpu']} " \
-                                                                   f"(cc {table['compute_cap']})"
+            if facts.get(GPU_FACT.key) is not None:
+                row.gpu, fits = gpu_text(name, facts[GPU_FACT.key], v)
                 if "mxnet" in row.roles:
-                    row.mxnet += f"; fits: {choice.spec}" if choice.ok else f"; refused: {choice.reason}"
+                    row.mxnet += f"; {fits}"
         if name in aws:
             row.instance, row.cost = aws[name]
         rows.append(row)

@@ -202,3 +202,16 @@ def test_aws_course_shows_instance_state_and_cost(aws, ami, tmp_path, monkeypatc
     assert all(c[1].startswith("$") and c[1].endswith(f"(${hourly:.3f}/h)") for c in cells), cells
     assert 'id="summary-cost"' in html
     assert '<div class="group" data-hosts="' + " ".join(names) + '">' in html   # grouped as unreachable
+
+
+@pytest.mark.parametrize("recording, cell, fits", [
+    ("h200.txt", "1 x NVIDIA H200 (cc 9.0)", "refused: "),
+    ("t4.txt", "1 x Tesla T4 (cc 7.5)", "fits: mxnet-cu"),
+    ("no-driver.txt", "-", "fits: mxnet"),
+])
+def test_gpu_cell_from_recorded_probes(recording, cell, fits):
+    from fleet.gpu import parse_gpu_probe
+
+    facts = parse_gpu_probe((Path(__file__).parent / "data" / "gpu" / recording).read_text())
+    found = classreport.gpu_text("h1", facts, {"mxnet_build": "auto"})
+    assert found[0] == cell and found[1].startswith(fits), found
