@@ -73,6 +73,16 @@ def gpus(c, hosts="all", inventory=None, insecure_host_keys=False):
     cli.gpus(hosts=hosts, inventory=inventory, insecure_host_keys=insecure_host_keys)
 
 
+@task(help={"hosts": HOSTS, "inventory": INVENTORY, "output": "the page to write (default class.html)",
+            "json": "take statuses and drift from this provision/check --json file instead of a fresh check",
+            "with-urls": "add each host's tunnel command and URL with its token (page written 0600)",
+            "insecure-host-keys": "accept any host key (throwaway hosts)"})
+def report(c, hosts="all", inventory=None, output="class.html", json=None, with_urls=False, insecure_host_keys=False):
+    """One self-contained HTML page of the class: status, last provision, kernels, GPUs, autostop, cost, drift."""
+    cli.report(hosts=hosts, inventory=inventory, output=output, json_path=json, with_urls=with_urls,
+               insecure_host_keys=insecure_host_keys)
+
+
 @task(help={"hosts": "how many local test hosts to boot (default 2)", "keep": "leave the hosts running afterwards"})
 def demo(c, hosts=2, keep=True):
     """Boot local Debian test hosts (root, no AWS) and provision the embedded demo course on them."""
@@ -108,7 +118,7 @@ def bench(c, hosts="1,10,30", json="bench/results.json"):
     cli.bench(counts=[int(n) for n in str(hosts).split(",") if n.strip()], json_path=json)
 
 
-ns = Collection(provision, check, facts, vars, tunnel, handout, gpus, disconnect, demo, demo_down, test, bench)
+ns = Collection(provision, check, facts, vars, tunnel, handout, gpus, report, disconnect, demo, demo_down, test, bench)
 try:
     from fleet import tasks_cloud  # launch, status, stop, start, terminate, snapshot (boto3)
 

@@ -13,20 +13,20 @@ from rich.console import Console
 from rich.table import Table
 
 from . import inventory as inventory_mod
-from . import patterns, state
+from . import history, patterns, state
 from .compile import compile_plans, host_vars
 from .connection import ConnectOptions
 from .errors import InputError
 from .git import RefResolver
 from .inventory import Inventory
-from .report import Reporter, write_json
+from .report import Reporter, console_width, write_json
 from .results import RunResult
 from .roles import PROJECT, RoleSet
 from .runner import RunOptions, Stop, parse_max_fail, run_fleet
 from .secrets import CourseSecrets, Masker
 from .variables import parse_set
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=console_width())
 
 
 def default_inventory() -> str:
@@ -113,13 +113,14 @@ def provision(hosts: str, inventory: str | None = None, roles: str | None = None
     if verbose and session.inventory.unused:
         (out or console).print("inventory keys Fleet does not use: " + ", ".join(
             f"{name} ({source})" for name, source in sorted(session.inventory.unused.items())), highlight=False)
-    reporter = Reporter(out or console, show_diff=diff, verbose=verbose)
+    reporter = Reporter(out or console, show_diff=diff, verbose=verbose, group=check)
     with reporter, sigint_stops(stop):
         reporter.start(len(plans), "checking" if check else "provisioning")
         run = run_fleet(plans, options, stop, on_start=reporter.host_started, on_done=reporter.host_done)
     reporter.recap(run)
     if not check:
         state.remember_failed(session.inventory.source, run.failed)
+        history.record(session.inventory.source, run)
     if json_path:
         write_json(run, json_path)
     return run

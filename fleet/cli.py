@@ -197,6 +197,19 @@ def gpus(hosts: str, inventory: str | None, insecure_host_keys: bool = False) ->
 
 
 @user_errors
+def report(hosts: str, inventory: str | None, output: str, json_path: str | None, with_urls: bool,
+           insecure_host_keys: bool = False) -> None:
+    from .classreport import build
+
+    done = build(hosts, inventory, output, json_path=json_path, with_urls=with_urls,
+                 insecure_host_keys=insecure_host_keys)
+    counts = ", ".join(f"{n} {s}" for s, n in done["counts"].items())
+    console.print(f"wrote {done['path']}{' (mode 0600: it contains tokens)' if with_urls else ''}: "
+                  f"{done['hosts']} hosts ({counts}), {done['groups']} drift group{'s' if done['groups'] != 1 else ''}, "
+                  f"Jupyter answering on {done['answering']} of {done['probed']}", soft_wrap=True)
+
+
+@user_errors
 def demo(count: int, keep: bool) -> None:
     from .demo import run_demo
 

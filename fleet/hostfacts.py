@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from .connection import ConnectOptions, Unreachable, connect
 from .facts import Fact
@@ -24,15 +24,16 @@ SYSTEM = Fact(
 )
 
 
-def gather(hosts: list[Host], facts: list[Fact], options: ConnectOptions, parallel: int = 20,
-           ) -> dict[str, dict[str, Any] | str]:
-    """Facts per host, or an error message for a host that could not be read."""
+def gather(hosts: list[Host], facts: list[Fact] | Callable[[Host], list[Fact]], options: ConnectOptions,
+           parallel: int = 20) -> dict[str, dict[str, Any] | str]:
+    """Facts per host, or an error message for a host that could not be read. `facts` may be a
+    function of the host, for facts that carry per-host values (a port, a token)."""
     def one(host: Host) -> dict[str, Any] | str:
         try:
             conn = connect(host, options)
             conn.open()
             try:
-                probe = Probe(facts, [])
+                probe = Probe(facts(host) if callable(facts) else facts, [])
                 rc, output = conn.run_script(probe.script())
                 parsed, _, _, errors = probe.parse(output)
                 if not parsed and rc != 0:

@@ -3,24 +3,47 @@ Everything shown has passed through the run's secret masker."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import atomic
+from .drift import groups as drift_groups
+from .drift import plural
 from .results import HostResult, RunResult
 
 STYLE = {"ok": "green", "changed": "yellow", "drift": "yellow", "would change": "yellow", "failed": "red",
          "unreachable": "red", "interrupted": "magenta", "skipped": "magenta"}
 
 
+# Piped or in CI, rich would fold every line at 80 columns, in the middle of a path; there is
+# no terminal to fit, so use $COLUMNS when set, else a width no diff line or table reaches.
+PIPED_WIDTH = 160
+
+
+def console_width() -> int | None:
+    """None: let rich measure the terminal."""
+    if sys.stdout.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPED_WIDTH
+
+
 class Reporter:
-    def __init__(self, console: Console | None = None, show_diff: bool = False, verbose: bool = False) -> None:
-        self.console = console or Console(stderr=False, highlight=False)
+    def __init__(self, console: Console | None = None, show_diff: bool = False, verbose: bool = False,
+                 group: bool = False) -> None:
+        self.console = console or Console(stderr=False, highlight=False, width=console_width())
         self.show_diff, self.verbose = show_diff, verbose
+        # group: each host gets its one summary line as it finishes; its changes are shown once
+        # per group of hosts that changed identically, in the recap (check mode).
+        self.group = group
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True)
         self._task = None
@@ -47,24 +70,31 @@ class Reporter:
             self._running.discard(result.host)
             self._describe()
             self.progress.advance(self._task)
-        self.console.print(self._host_line(result))
-        for step in result.steps:
+        # soft_wrap: one line per host, however long, never folded
+        self.console.print(self._host_line(result), soft_wrap=True)
+        if self.group and not self.verbose:
+            return
+        self._details(result.steps, result.handlers, result.verifies)
+
+    def _details(self, steps: list, handlers: list[str], verifies: list[dict]) -> None:
+        for step in steps:
             if step.status in ("changed", "would change", "failed") or self.verbose:
                 # The time of the slow changes (installs, clones) says where a long run went.
                 took = f" [dim]({step.seconds:.1f} s)[/]" if step.seconds and step.seconds >= 1 else ""
                 self.console.print(f"    [{STYLE.get(step.status, 'white')}]{step.status:>12}[/] "
-                                   f"[dim]{step.role}[/] {step.message}{took}", markup=True, highlight=False)
+                                   f"[dim]{escape(step.role)}[/] {escape(step.message)}{took}", markup=True,
+                                   highlight=False, soft_wrap=True)
                 if step.diff and self.show_diff:
-                    self.console.print(step.diff.rstrip(), markup=False, highlight=False)
+                    self.console.print(step.diff.rstrip(), markup=False, highlight=False, soft_wrap=True)
                 if step.status == "failed" and step.output:
                     self.console.print("        " + step.output.strip()[-800:].replace("\n", "\n        "),
-                                       markup=False, highlight=False)
-        for handler in result.handlers:
-            self.console.print(f"    [yellow]{'handler':>12}[/] {handler}")
-        for verify in result.verifies:
+                                       markup=False, highlight=False, soft_wrap=True)
+        for handler in handlers:
+            self.console.print(f"    [yellow]{'handler':>12}[/] {escape(handler)}", soft_wrap=True)
+        for verify in verifies:
             if not verify["ok"]:
-                self.console.print(f"    [red]{'verify':>12}[/] {verify['name']} failed: {verify['output'][-300:]}",
-                                   markup=True, highlight=False)
+                self.console.print(f"    [red]{'verify':>12}[/] {escape(verify['name'])} failed: "
+                                   f"{escape(verify['output'][-300:])}", markup=True, highlight=False, soft_wrap=True)
 
     def _describe(self) -> None:
         running = sorted(self._running)
@@ -73,11 +103,37 @@ class Reporter:
 
     def _host_line(self, r: HostResult) -> str:
         counts = f"ok={r.count('ok')} changed={r.count('changed') + r.count('would change')} failed={r.count('failed')}"
-        extra = f" — {r.error}" if r.error else ""
-        return f"[{STYLE.get(r.status, 'white')}]{r.status:>11}[/] [bold]{r.host}[/] {counts} ({r.seconds:.1f} s){extra}"
+        extra = f" — {escape(' '.join(r.error.split()))}" if r.error else ""
+        return (f"[{STYLE.get(r.status, 'white')}]{r.status:>11}[/] [bold]{escape(r.host)}[/] {counts} "
+                f"({r.seconds:.1f} s){extra}")
+
+    def print_groups(self, groups: list[dict[str, Any]]) -> None:
+        """One block per distinct change set, the largest first, then the hosts unlike any other."""
+        if not groups:
+            return
+        hosts = sum(len(g["hosts"]) for g in groups)
+        self.console.print(f"\n[bold]{plural(len(groups), 'distinct change set')}[/] over {plural(hosts, 'host')}:",
+                           soft_wrap=True)
+        shared, unique = [g for g in groups if not g["unique"]], [g for g in groups if g["unique"]]
+        for heading, part in (("", shared), ("unlike any other" if shared else "", unique)):
+            if heading and part:
+                self.console.print(f"\n[bold]{heading}:[/]")
+            for group in part:
+                self._group(group)
+        self.console.print()
+
+    def _group(self, group: dict[str, Any]) -> None:
+        bare = not (group["changes"] or group["handlers"] or group["failed_verifies"])
+        what = f": {group['status']}" if bare else ""   # unreachable, interrupted, skipped
+        self.console.print(f"\n[bold]{plural(len(group['hosts']), 'host')}[/]: {escape(group['label'])}{escape(what)}",
+                           soft_wrap=True)
+        verifies = [{"name": n, "ok": False, "output": ""} for n in group["failed_verifies"]]
+        self._details([_Step(**c) for c in group["changes"]], group["handlers"], verifies)
 
     def recap(self, run: RunResult) -> None:
         self.progress.stop()
+        if self.group:
+            self.print_groups(drift_groups({n: _as_dict(r) for n, r in run.hosts.items()}))
         table = Table(title="Recap" + (" (check mode: nothing was changed)" if run.check else ""), show_edge=False)
         for column in ("host", "status", "ok", "changed", "failed", "handlers", "time"):
             table.add_column(column, justify="left" if column in ("host", "status") else "right")
@@ -93,6 +149,20 @@ class Reporter:
         self.console.print(f"[bold]{len(run.hosts)} hosts[/]: {summary} in {run.seconds:.1f} s", highlight=False)
         if run.stopped_reason:
             self.console.print(f"[magenta]stopped:[/] {run.stopped_reason}", highlight=False)
+
+
+class _Step:
+    """A group's change, shaped like a StepResult for printing."""
+
+    def __init__(self, role: str, name: str, status: str, message: str, diff: str | None) -> None:
+        self.role, self.name, self.status, self.message, self.diff = role, name, status, message, diff
+        self.output, self.seconds = None, None
+
+
+def _as_dict(result: HostResult) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(result)
 
 
 def write_json(run: RunResult, path: str | Path) -> None:

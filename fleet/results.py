@@ -18,6 +18,9 @@ class StepResult:
     diff: str | None = None
     output: str | None = None
     seconds: float | None = None  # how long the change took on the host (None: nothing ran)
+    # sha256 of the masked diff: tells two hosts' changes apart (drift groups) even where the
+    # diff itself is hidden (secret files)
+    digest: str | None = None
 
 
 @dataclass
@@ -61,6 +64,9 @@ class RunResult:
         return EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
+        from .drift import groups
+
+        hosts = {name: asdict(result) for name, result in self.hosts.items()}
         return {"check": self.check, "seconds": round(self.seconds, 3), "stopped_reason": self.stopped_reason,
                 "interrupted": self.interrupted, "exit_code": self.exit_code(),
-                "hosts": {name: asdict(result) for name, result in self.hosts.items()}}
+                "hosts": hosts, "drift_groups": groups(hosts)}

@@ -7,6 +7,7 @@ once too many failed; SIGINT does the same and lets scripts already running fini
 from __future__ import annotations
 
 import re
+import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,12 +16,14 @@ from fractions import Fraction
 from typing import Callable
 
 from .connection import Connection, ConnectOptions, ConnectionCut, Unreachable, connect
+from .drift import masked_diff_fact
+from .facts import Fact
 from .remote import Apply, Change, Probe
 from .errors import InputError
 from .results import HostResult, RunResult, StepResult
 from .roles import HostPlan
 from .secrets import Masker
-from .steps import KEPT, Outcome
+from .steps import KEPT, File, Outcome
 
 
 @dataclass
@@ -142,9 +145,14 @@ def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:
 def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection, result: HostResult) -> None:
     mask = options.masker
     facts_wanted = {}
-    for _, step in plan.steps:
+    masked: dict[int, tuple[Fact, list[str]]] = {}   # secret files' drift digests: see fleet.drift
+    for index, (_, step) in enumerate(plan.steps):
         for fact in step.facts(diff=options.diff or options.check):
             facts_wanted.setdefault(fact.key, fact)
+        if (options.diff or options.check) and step.secret and isinstance(step, File):
+            secrets = mask.found_in(step.content.decode(errors="replace"))
+            masked[index] = (masked_diff_fact(step.path, step.content, secrets), secrets)
+            facts_wanted.setdefault(masked[index][0].key, masked[index][0])
     every_run = [v for _, v in plan.verifies if v.every_run]
     probe = Probe(list(facts_wanted.values()), every_run)
     rc, output = conn.run_script(probe.script())
@@ -172,7 +180,10 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
         else:
             status = "ok"
         diff = mask(outcome.diff) if not step.secret else ("(secret content: diff hidden)" if outcome.diff else None)
-        result.steps.append(StepResult(role, step.name, status, mask(outcome.message), diff))
+        digest = hashlib.sha256(mask(outcome.diff).encode()).hexdigest()[:16] if outcome.diff else None
+        if outcome.changed and index in masked and masked[index][0].key in facts:
+            digest = facts[masked[index][0].key]
+        result.steps.append(StepResult(role, step.name, status, mask(outcome.message), diff, digest=digest))
 
     notified = {h.marker for h in plan.handlers for c in changes if h.name in c.step.notify}
     notified |= {h.marker for h in plan.handlers if h.marker.rsplit("/", 1)[-1] in pending}

@@ -43,6 +43,11 @@ class Masker:
             if SECRET_NAME.search(key) and isinstance(value, (str, int)) and value not in ("", None):
                 self.add(value)
 
+    def found_in(self, text: str) -> list[str]:
+        """The registered secrets that occur in text, longest first."""
+        with self._lock:
+            return sorted((v for v in self._values if v in text), key=len, reverse=True)
+
     def __call__(self, text: str | None) -> str | None:
         if not text:
             return text
