@@ -110,11 +110,11 @@ def bench(c, hosts="1,10,30", json="bench/results.json"):
 
 ns = Collection(provision, check, facts, vars, tunnel, handout, gpus, disconnect, demo, demo_down, test, bench)
 try:
-    from fleet import tasks_cloud  # launch, status, stop, start, terminate, snapshot (boto3)
+    from fleet import tasks_cloud  # launch, status, stop, start, terminate, snapshot, bake, images (boto3)
 
-    for name in ("launch", "status", "stop", "start", "terminate", "snapshot"):
+    for name in ("launch", "status", "stop", "start", "terminate", "snapshot", "bake", "images_"):
         if hasattr(tasks_cloud, name):
-            ns.add_task(getattr(tasks_cloud, name))
+            ns.add_task(getattr(tasks_cloud, name), name=name.rstrip("_"))
 except ImportError as exc:  # keep the local commands usable while cloud parts are missing
     if "tasks_cloud" not in str(exc):
         raise
