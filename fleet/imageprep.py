@@ -35,6 +35,15 @@ ExecStart=/usr/bin/ssh-keygen -A
 [Install]
 WantedBy=multi-user.target ssh.service
 """
+# A drop-in for the Jupyter unit: on a machine booted from the image the server waits for the
+# machine's own config (written by `provision`) instead of starting once without it, with a
+# random token, only to be restarted. After that the condition always holds.
+HOLD_NAME = "fleet-image.conf"
+HOLD_TEXT = """\
+# Written by Jupyter Fleet's bake: never serve before `provision` wrote this machine's config.
+[Unit]
+ConditionPathExists={config}
+"""
 # Files of a user's own territory that carry a per-server secret or per-machine history;
 # removed as that user (root never acts inside a user's home).
 USER_FILES = (".bash_history", ".python_history", ".lesshst", ".viminfo",
@@ -57,7 +66,10 @@ def per_host_paths(values: Mapping[str, Any]) -> list[str]:
 
 def script(values: Mapping[str, Any]) -> str:
     """The prepare script for a machine with these (course-wide) variables."""
+    from roles import jupyter
+
     service = str(values.get("jupyter_service") or "jupyter")
+    roles = set(values.get("roles") or [])
     lines = [
         "set -eu",
         "shopt -s nullglob",
@@ -70,9 +82,16 @@ def script(values: Mapping[str, Any]) -> str:
         "systemctl daemon-reload",
         f"systemctl enable -q {FIRST_BOOT_UNIT}",
     ]
+    if "jupyter" in roles:
+        drop_in = f"/etc/systemd/system/{service}.service.d"
+        lines += [f"mkdir -p {q(drop_in)}",
+                  f"printf %s {q(HOLD_TEXT.format(config=jupyter.CONFIG))} > {q(drop_in + '/.' + HOLD_NAME)}",
+                  f"mv -f {q(drop_in + '/.' + HOLD_NAME)} {q(drop_in + '/' + HOLD_NAME)}",
+                  "systemctl daemon-reload"]
     for pattern in per_host_paths(values):
         # unquoted on purpose where it is a glob of our own constants; no value from a knob here
-        lines.append(f"for __f in {pattern}; do rm -f \"$__f\" && echo \"removed: $__f\"; done")
+        lines.append(f"for __f in {pattern}; do if [ -e \"$__f\" ] || [ -L \"$__f\" ]; then "
+                     "rm -f \"$__f\" && echo \"removed: $__f\"; fi; done")
     lines += [
         # an empty machine-id (not a missing one) makes systemd generate a new one at the next boot
         ": > /etc/machine-id && echo 'removed: /etc/machine-id (emptied)'",
