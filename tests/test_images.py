@@ -5,6 +5,7 @@ and the recipe fingerprint itself (offline)."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,16 @@ def test_bake_refuses_bad_input_before_touching_anything(aws, baked, tmp_path):
     proc = task(["bake", "--course", COURSE, "--inventory", str(empty)])
     assert proc.returncode == 1 and "nothing to bake" in proc.stderr
     assert [i.id for i in images.course_images(COURSE)] == before
+
+
+@pytest.mark.parametrize("roles", [["jupyter"], ["jupyter", "autostop"], ["repos"], ["jupyter", "clusters", "r_kernel"]])
+def test_the_prepare_script_parses_and_removes_what_the_roles_write(roles):
+    from roles import autostop, jupyter
+
+    from fleet import imageprep
+
+    text = imageprep.script({"roles": roles, "jupyter_service": "jupyter"})
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    assert (jupyter.CONFIG in text) is ("jupyter" in roles)            # the token lives there
+    assert (autostop.TOKEN_FILE in text and autostop.STATE_FILE in text) is ("autostop" in roles)
+    assert "/etc/ssh/ssh_host_*" in text and ": > /etc/machine-id" in text

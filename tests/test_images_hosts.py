@@ -112,6 +112,9 @@ def test_host_keys_and_machine_ids_differ(course):
     assert len(keys) == 3 and course["base_key"] not in keys
     ids = {sh(h, "cat /etc/machine-id").stdout.strip() for h in hosts}
     assert len(ids) == 3 and all(len(i) == 32 for i in ids)
+    for kind in ("ed25519", "ecdsa", "rsa"):     # ssh-keygen -A makes every kind sshd offers
+        prints = {sh(h, f"ssh-keygen -lf /etc/ssh/ssh_host_{kind}_key.pub").stdout.split()[1] for h in hosts}
+        assert len(prints) == 3, kind
     for h in hosts:
         assert sh(h, f"systemctl is-enabled {imageprep.FIRST_BOOT_UNIT}").stdout.strip() == "enabled"
 
