@@ -1,5 +1,6 @@
-"""The benchmark behind `invoke bench`: cold provision, no-op re-runs and drift repair on
-local test hosts (root needed), measured through the real CLI as a user runs it.
+"""The benchmark behind `invoke bench`: cold provision (from the bare base and from a baked
+image of the workload), no-op re-runs and drift repair on local test hosts (root needed),
+measured through the real CLI as a user runs it.
 
 Workload (issue 7): apt python3-venv and git; a venv at /opt/jupyter with notebook and
 ipyparallel; the Jupyter config and unit from templates with per-host values; the service
@@ -22,7 +23,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from fleet import testhosts
+from fleet import imageprep, testhosts
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Piped output gets the whole table rather than rich's 80-column default.
@@ -115,10 +116,13 @@ def serve_repo(root: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"git://{testhosts.CONTROLLER_ALIAS}:{port}/course.git"
 
 
+def workload_vars(url: str) -> dict:
+    return {"roles": ["jupyter", "repos"], "jupyter_extra_packages": ["ipyparallel==9.2.0"],
+            "repos_base": "/home/ubuntu", "repos_list": [{"url": url, "dest": "course", "ref": "main"}]}
+
+
 def write_inventory(hosts, path: Path, url: str) -> None:
-    testhosts.write_inventory(hosts, path, vars={
-        "name": None, "roles": ["jupyter", "repos"], "jupyter_extra_packages": ["ipyparallel==9.2.0"],
-        "repos_base": "/home/ubuntu", "repos_list": [{"url": url, "dest": "course", "ref": "main"}]})
+    testhosts.write_inventory(hosts, path, vars={"name": None, **workload_vars(url)})
     data = yaml.safe_load(path.read_text())
     del data["vars"]["name"]
     data["name"] = "bench"
@@ -186,6 +190,52 @@ def measure(n: int, url: str, workdir: Path) -> dict:
         testhosts.teardown(hosts)
 
 
+def bake(url: str, workdir: Path) -> tuple[Path, dict]:
+    """Provision one host with the workload and bake it into a layer (fleet.testhosts.bake_layer)."""
+    state = workdir / "state-bake"
+    state.mkdir()
+    inventory = state / "bench.yml"
+    t0 = time.perf_counter()
+    [host] = testhosts.boot(1)
+    try:
+        write_inventory([host], inventory, url)
+        cold = provision(state, inventory, "--verify")
+        if cold["rc"] != 0:
+            raise SystemExit(f"provisioning the host to bake failed:\n{cold['output'][-3000:]}")
+        from fleet import keeper
+        keeper.stop(state)
+        layer = testhosts.bake_layer(host, f"bench-{os.getpid()}", imageprep.script(workload_vars(url)))
+    except BaseException:
+        testhosts.teardown([host])
+        raise
+    return layer, {"provision_s": round(cold["wall"], 1), "bake_total_s": round(time.perf_counter() - t0, 1)}
+
+
+def measure_baked(n: int, url: str, workdir: Path, layer: Path) -> dict:
+    """Cold provision of n hosts booted from the baked layer: only per-host values are left to do."""
+    state = workdir / f"state-baked-{n}"
+    state.mkdir()
+    inventory = state / "bench.yml"
+    t0 = time.perf_counter()
+    hosts = testhosts.boot(n, layer=layer)
+    boot_s = time.perf_counter() - t0
+    try:
+        write_inventory(hosts, inventory, url)
+        cold = provision(state, inventory)
+        if cold["rc"] != 0:
+            raise SystemExit(f"cold provision from the baked image failed:\n{cold['output'][-3000:]}")
+        reports = cold["report"]["hosts"].values()
+        changed = {step["name"] for r in reports for step in r["steps"] if step["status"] == "changed"}
+        slowest = max(reports, key=lambda h: h["seconds"])
+        return {"hosts": n, "boot_s": round(boot_s, 2), "cold_s": round(cold["wall"], 1),
+                "ready_s": round(boot_s + cold["wall"], 1), "cpu_s": round(cold["cpu"], 1),
+                "changed_steps": sorted(changed), "slowest_host_steps": slowest_steps(slowest, 3)}
+    finally:
+        from fleet import keeper
+        keeper.stop(state)
+        testhosts.teardown(hosts)
+
+
 def drift(hosts, state: Path, inventory: Path) -> dict:
     victims = hosts[1:4]
     for h in victims:
@@ -205,7 +255,7 @@ def drift(hosts, state: Path, inventory: Path) -> dict:
 COUNTS: list[int] = []
 
 
-def main(counts: list[int], json_path: str) -> int:
+def main(counts: list[int], json_path: str, baked_only: bool = False) -> int:
     COUNTS[:] = counts
     if os.geteuid() != 0:
         console.print("the benchmark boots local test hosts: run it as root")
@@ -217,27 +267,48 @@ def main(counts: list[int], json_path: str) -> int:
         workdir = Path(tmp)
         (workdir / "git").mkdir()
         git, url = serve_repo(workdir / "git")
+        layer = None
         try:
+            console.print("[bold]baking[/]: one host provisioned with the workload, prepared, baked into a layer")
+            layer, baked = bake(url, workdir)
+            console.print(baked)
             results = []
             for n in counts:
-                console.print(f"[bold]{n} hosts[/]: boot, cold provision, 3 no-op runs" + (", drift repair" if n >= 10 else ""))
+                if baked_only:   # the bare runs are the long part (12 minutes at N=30): skipped on request
+                    console.print(f"[bold]{n} hosts[/]: cold from the baked image only")
+                    results.append({"hosts": n, "cold_from_baked": measure_baked(n, url, workdir, layer)})
+                    console.print(results[-1])
+                    continue
+                console.print(f"[bold]{n} hosts[/]: boot, cold provision, 3 no-op runs" + (", drift repair" if n >= 10 else "")
+                              + "; then cold from the baked image")
                 results.append(measure(n, url, workdir))
+                wait_until_quiet()
+                results[-1]["cold_from_baked"] = measure_baked(n, url, workdir, layer)
                 console.print(results[-1])
         finally:
             git.terminate()
+            if layer is not None:
+                testhosts.remove_layer(layer)
     table = Table(title="Jupyter Fleet benchmark (2 cores shared by the controller and the hosts)")
-    for column in ("hosts", "cold s", "no-op s (median of 3)", "CPU s/host", "logins/host", "commands/host",
+    for column in ("hosts", "cold s", "cold from baked image", "no-op s (median of 3)", "CPU s/host", "logins/host", "commands/host",
                    "no-op without keeper", "drift repair", "controller peak"):
         table.add_column(column, justify="right")
     for r in results:
         d = r.get("drift")
-        table.add_row(str(r["hosts"]), f"{r['cold_s']}", f"{r['noop_median_s']}", f"{r['noop_cpu_s_per_host']}",
+        b = r["cold_from_baked"]
+        baked_cell = f"{b['cold_s']} s + boot {b['boot_s']} s"
+        if "cold_s" not in r:
+            table.add_row(str(r["hosts"]), "(not run)", baked_cell, *[""] * 7)
+            continue
+        table.add_row(str(r["hosts"]), f"{r['cold_s']}", f"{baked_cell} ({100 * b['cold_s'] / r['cold_s']:.0f} % of bare)",
+                      f"{r['noop_median_s']}", f"{r['noop_cpu_s_per_host']}",
                       str(r["new_logins_per_host"]), str(r["commands_per_host"]),
                       f"{r['noop_without_keeper_s']} s, {r['noop_without_keeper_cpu_s_per_host']} CPU s/host",
                       f"{d['seconds']} s, exact={d['exact']}, repaired={d['repaired']}" if d else "",
                       f"{r['controller_peak_mib']} + keeper {r['keeper_peak_mib']} MiB" if "controller_peak_mib" in r else "")
     console.print(table)
-    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": {"cpus": os.cpu_count()}, "results": results}
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": {"cpus": os.cpu_count()}, "bake": baked,
+           "results": results}
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(out, indent=2))
     console.print(f"wrote {json_path}")

@@ -241,7 +241,7 @@ def demo_down() -> None:
     stop_demo()
 
 
-def bench(counts: list[int], json_path: str) -> None:
+def bench(counts: list[int], json_path: str, baked_only: bool = False) -> None:
     from bench.run import main  # type: ignore[import-not-found]
 
-    raise Exit(code=main(counts, json_path))
+    raise Exit(code=main(counts, json_path, baked_only))

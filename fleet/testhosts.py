@@ -44,6 +44,7 @@ BASE = STATE / "base"
 KEY = STATE / "testkey"
 PIP_CACHE = STATE / "pip-cache"
 HOSTS_DIR = STATE / "hosts"
+LAYERS = STATE / "layers"                 # baked layers: a provisioned host's upper dir, over BASE
 _BASE_LOCK = STATE / "base.lock"
 _BASE_DONE = STATE / "base.complete"      # outside BASE so hosts never see it
 _APT_STAMP = STATE / "base.apt-updated"   # apt sets list mtimes from the server, so keep our own
@@ -182,10 +183,19 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _lower_dirs() -> list[list[str]]:
+    """The lower layers of every mounted overlay."""
+    found = []
+    with open("/proc/mounts") as f:
+        for line in f:
+            if m := re.search(r"lowerdir=([^,\s]+)", line):
+                found.append(m.group(1).split(":"))
+    return found
+
+
 def _base_in_use() -> bool:
     """An overlay on BASE is mounted: changing a lower layer under it is undefined."""
-    with open("/proc/mounts") as f:
-        return any(f"lowerdir={BASE}" in line for line in f)
+    return any(str(BASE) in lowers for lowers in _lower_dirs())
 
 
 def _build_base() -> None:
@@ -485,9 +495,14 @@ def _require_root() -> None:
                         "systemd-container iptables openssh-client)")
 
 
-def boot(hosts: int | Sequence[int], timeout: float = SSH_TIMEOUT) -> list[TestHost]:
-    """Boot a number of hosts (or these indices) in parallel; return once all answer ssh."""
+def boot(hosts: int | Sequence[int], timeout: float = SSH_TIMEOUT, layer: Path | None = None) -> list[TestHost]:
+    """Boot a number of hosts (or these indices) in parallel; return once all answer ssh.
+
+    With `layer` (from bake_layer) the hosts boot from that baked layer over the base.
+    """
     _require_root()
+    if layer is not None and not _layer_stamp(Path(layer)).exists():
+        raise HostError(f"{layer} is not a complete baked layer (bake_layer writes {_layer_stamp(Path(layer))} last)")
     controller_setup()
     ensure_base()
     PIP_CACHE.mkdir(parents=True, exist_ok=True)
@@ -499,7 +514,7 @@ def boot(hosts: int | Sequence[int], timeout: float = SSH_TIMEOUT) -> list[TestH
             _prepare(h)
         with _flock(_BASE_LOCK, fcntl.LOCK_SH):   # no apt refresh of the lower layer mid-mount
             for h in booted:
-                _mount(h)
+                _mount(h, layer)
         for h in booted:
             _start(h)
         _wait_all(booted, timeout)
@@ -538,10 +553,11 @@ def _network(h: TestHost) -> None:
     _sh(*ns, "route", "add", "default", "via", h.gateway)
 
 
-def _mount(h: TestHost) -> None:
+def _mount(h: TestHost, layer: Path | None = None) -> None:
     # nspawn's --overlay= does not work for /, so mount the overlay ourselves
+    lower = f"{layer}:{BASE}" if layer is not None else str(BASE)
     _sh("mount", "-t", "overlay", "overlay",
-        "-o", f"lowerdir={BASE},upperdir={h.upper},workdir={h.work}", h.root)
+        "-o", f"lowerdir={lower},upperdir={h.upper},workdir={h.work}", h.root)
 
 
 def _nspawn_command(h: TestHost) -> list[str]:
@@ -615,6 +631,69 @@ def _diagnostics(h: TestHost) -> str:
         p = _sh("journalctl", "-D", journal, "-n", "40", "--no-pager", check=False)
         out += f"\njournal tail:\n{(p.stdout or p.stderr).strip()}"
     return out
+
+
+# --------------------------------------------------------------------------- baked layers
+
+# written per host by _prepare, so they must not come from a layer
+_PER_HOST_FILES = ("etc/hostname", "etc/hosts", "etc/machine-id")
+
+
+def bake_layer(h: TestHost, name: str, prepare: str, info: Mapping[str, Any] | None = None) -> Path:
+    """Turn a provisioned host into a cached layer that hosts can boot from; the host is torn down.
+
+    `prepare` is the prepare-for-imaging script (fleet.imageprep), run as root on the host.
+    Then the host shuts down and its upper dir, renamed (same filesystem: no copy), becomes
+    LAYERS/name, an extra lower layer over the base. Overlayfs honours the whiteouts and
+    opaque dirs a lower layer carries, so what the provision deleted stays deleted.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}", name):
+        raise HostError(f"bad layer name {name!r}: letters, digits, '.', '_' and '-'")
+    dest = LAYERS / name
+    if dest.exists():
+        if any(str(dest) in lowers for lowers in _lower_dirs()):
+            raise HostError(f"layer {name} exists and hosts are booted from it; tear them down first")
+        _layer_stamp(dest).unlink(missing_ok=True)
+        _wipe(dest)
+    p = subprocess.run(h.ssh_command("sudo -n bash -s"), input=prepare, text=True, capture_output=True,
+                       timeout=300)
+    if p.returncode:
+        raise HostError(f"{h.name}: preparing for imaging failed (exit {p.returncode}): {p.stderr.strip()[-2000:]}")
+    _stop(h)
+    if _alive(h.pid, h._start):
+        raise HostError(f"{h.name} did not shut down; not baked")
+    _unmount(h)
+    LAYERS.mkdir(parents=True, exist_ok=True)
+    tmp = LAYERS / f".{name}.tmp"
+    _wipe(tmp)
+    h.upper.rename(tmp)
+    for rel in _PER_HOST_FILES:
+        (tmp / rel).unlink(missing_ok=True)
+    tmp.rename(dest)
+    stamp = {"name": name, "from": h.name, "baked": time.strftime("%Y-%m-%dT%H:%M:%S"), **dict(info or {})}
+    _layer_stamp(dest).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")   # last: marks it complete
+    teardown([h])
+    return dest
+
+
+def _layer_stamp(layer: Path) -> Path:
+    # beside the layer, not in it: inside, every host booted from it would see the file at /
+    return layer.with_name(layer.name + ".json")
+
+
+def layer_info(layer: Path) -> dict[str, Any]:
+    try:
+        return json.loads(_layer_stamp(Path(layer)).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def remove_layer(layer: Path) -> None:
+    layer = Path(layer)
+    if any(str(layer) in lowers for lowers in _lower_dirs()):
+        raise HostError(f"{layer} is in use by booted hosts")
+    _layer_stamp(layer).unlink(missing_ok=True)
+    _wipe(layer)
 
 
 # --------------------------------------------------------------------------- faults
