@@ -121,7 +121,7 @@ def bench(c, hosts="1,10,30", json="bench/results.json", baked_only=False):
 
 ns = Collection(provision, check, facts, vars, tunnel, handout, gpus, report, disconnect, demo, demo_down, test, bench)
 try:
-    from fleet import tasks_cloud  # launch, status, stop, start, terminate, snapshot, bake, images (boto3)
+    from fleet.aws import tasks as tasks_cloud  # launch, status, stop, start, terminate, snapshot, bake, images (boto3)
 
     for name in ("launch", "status", "stop", "start", "terminate", "snapshot", "bake", "images_"):
         if hasattr(tasks_cloud, name):

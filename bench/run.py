@@ -23,7 +23,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from fleet import imageprep, testhosts
+from fleet.engine import imageprep
+
+from fleet.testhosts import hosts as testhosts
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Piped output gets the whole table rather than rich's 80-column default.
@@ -77,7 +79,7 @@ def provision(state: Path, inventory: Path, *args: str, keep: bool = True) -> di
 
 def keeper_peak_mib(state: Path) -> float:
     """The SSH keeper's peak resident memory (VmHWM), or 0 when none runs."""
-    from fleet import keeper
+    from fleet.transport import keeper
 
     pid = (keeper.hello(state) or {}).get("pid")
     if pid is None:
@@ -185,13 +187,13 @@ def measure(n: int, url: str, workdir: Path) -> dict:
             result["keeper_peak_mib"] = round(keeper_peak_mib(state), 1)
         return result
     finally:
-        from fleet import keeper
+        from fleet.transport import keeper
         keeper.stop(state)
         testhosts.teardown(hosts)
 
 
 def bake(url: str, workdir: Path) -> tuple[Path, dict]:
-    """Provision one host with the workload and bake it into a layer (fleet.testhosts.bake_layer)."""
+    """Provision one host with the workload and bake it into a layer (fleet.testhosts.hosts.bake_layer)."""
     state = workdir / "state-bake"
     state.mkdir()
     inventory = state / "bench.yml"
@@ -202,7 +204,7 @@ def bake(url: str, workdir: Path) -> tuple[Path, dict]:
         cold = provision(state, inventory, "--verify")
         if cold["rc"] != 0:
             raise SystemExit(f"provisioning the host to bake failed:\n{cold['output'][-3000:]}")
-        from fleet import keeper
+        from fleet.transport import keeper
         keeper.stop(state)
         layer = testhosts.bake_layer(host, f"bench-{os.getpid()}", imageprep.script(workload_vars(url)))
     except BaseException:
@@ -231,7 +233,7 @@ def measure_baked(n: int, url: str, workdir: Path, layer: Path) -> dict:
                 "ready_s": round(boot_s + cold["wall"], 1), "cpu_s": round(cold["cpu"], 1),
                 "changed_steps": sorted(changed), "slowest_host_steps": slowest_steps(slowest, 3)}
     finally:
-        from fleet import keeper
+        from fleet.transport import keeper
         keeper.stop(state)
         testhosts.teardown(hosts)
 

@@ -12,19 +12,21 @@ from typing import Iterator
 from rich.console import Console
 from rich.table import Table
 
-from . import inventory as inventory_mod
-from . import history, patterns, state
-from .compile import compile_plans, host_vars
-from .connection import ConnectOptions
-from .errors import InputError
-from .git import RefResolver
-from .inventory import Inventory
-from .report import Reporter, console_width, write_json
-from .results import RunResult
-from .roles import PROJECT, RoleSet
-from .runner import RunOptions, Stop, parse_max_fail, run_fleet
-from .secrets import CourseSecrets, Masker
-from .variables import parse_set
+from fleet.inventory import files as inventory_mod
+from fleet.engine import history
+from fleet.inventory import patterns
+from fleet.engine import state
+from fleet.engine.compile import compile_plans, host_vars
+from fleet.transport.base import ConnectOptions
+from fleet.errors import InputError
+from fleet.engine.git import RefResolver
+from fleet.inventory.files import Inventory
+from fleet.engine.report import Reporter, console_width, write_json
+from fleet.engine.results import RunResult
+from fleet.engine.roles import PROJECT, RoleSet
+from fleet.engine.runner import RunOptions, Stop, parse_max_fail, run_fleet
+from fleet.engine.secrets import CourseSecrets, Masker
+from fleet.inventory.variables import parse_set
 
 console = Console(highlight=False, width=console_width())
 
@@ -39,7 +41,7 @@ def default_inventory() -> str:
 def load_inventory(source: str | None) -> Inventory:
     source = source or default_inventory()
     if source.startswith("aws:"):
-        from .cloud import inventory_hosts  # boto3 only when asked for
+        from fleet.aws.cloud import inventory_hosts  # boto3 only when asked for
 
         course = source[4:]
         data = inventory_hosts(course)
@@ -146,7 +148,7 @@ def show_vars(host: str, inventory: str | None = None, set_: list[str] | None = 
 
 def _connection_rows(table: Table, host, masker) -> None:
     """How Fleet reaches the host, and where each setting came from (any level, either shape)."""
-    from .settings import unused
+    from fleet.inventory.settings import unused
 
     if host.sudo_password:
         masker.add(host.sudo_password)

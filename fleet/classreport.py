@@ -22,13 +22,13 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from rich.console import Console
 
-from . import history
-from .drift import compact, groups as drift_groups
-from .errors import InputError
-from .facts import Fact
-from .gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
-from .roles import PROJECT
-from .shell import q
+from fleet.engine import history
+from fleet.engine.drift import compact, groups as drift_groups
+from fleet.errors import InputError
+from fleet.engine.facts import Fact
+from roles.mxnet.gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
+from fleet.engine.roles import PROJECT
+from fleet.shell import q
 
 TEMPLATE = "class_report.html.j2"
 STATUSES = ("ok", "changed", "drift", "failed", "unreachable", "interrupted", "skipped", "not in run")
@@ -243,9 +243,9 @@ def load_run(path: str) -> dict[str, Any]:
 def build(hosts: str, inventory: str | None, output: str, json_path: str | None = None, with_urls: bool = False,
           insecure_host_keys: bool = False, now: datetime | None = None) -> dict[str, Any]:
     """Probe, render, write; returns the page's summary (what the CLI prints)."""
-    from . import app
-    from .compile import host_vars
-    from .hostfacts import gather
+    from fleet import app
+    from fleet.engine.compile import host_vars
+    from fleet.engine.hostfacts import gather
 
     out_path = Path(output)
     if not out_path.parent.is_dir():
@@ -301,11 +301,11 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
 
     rows = [Row(**_masked(vars(r), mask)) for r in rows]
     if with_urls:   # the one place tokens go on the page, as `handout` shows them
-        from .cli import _access
+        from fleet.access import access
 
         for row in rows:
-            access = _access(session, row.host)
-            row.tunnel, row.url = access["tunnel"], access["url"]
+            reach = access(session, row.host)
+            row.tunnel, row.url = reach["tunnel"], reach["url"]
     stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
     context = {
         "course": mask(session.inventory.name), "inventory": mask(session.inventory.source), "generated": stamp,
@@ -324,7 +324,7 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
 def _aws(source: str, values: dict[str, dict]) -> tuple[dict[str, tuple[str, str]], float | None, str | None]:
     if not source.startswith("aws:"):
         return {}, None, None
-    from . import cloud
+    from fleet.aws import cloud
 
     try:
         rows = cloud.status(source[4:])

@@ -1,13 +1,9 @@
 """Command implementations behind tasks.py: print for people, exit with the right code."""
 from __future__ import annotations
 
-import csv
 import functools
 import getpass
-import io
 import os
-import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +11,9 @@ from pathlib import Path
 from invoke import Exit
 from rich.table import Table
 
-from . import app, atomic
-from .errors import FleetError, InputError
-from .results import EXIT_INPUT
+from fleet import access, app, atomic
+from fleet.errors import FleetError, InputError
+from fleet.engine.results import EXIT_INPUT
 
 console = app.console
 
@@ -55,7 +51,7 @@ def show_vars(host: str, inventory: str | None, set_: list[str] | None) -> None:
 
 @user_errors
 def facts(hosts: str, inventory: str | None, insecure_host_keys: bool = False) -> None:
-    from .hostfacts import SYSTEM, gather
+    from fleet.engine.hostfacts import SYSTEM, gather
 
     session = app.Session.open(inventory)
     names = session.select(hosts)
@@ -77,100 +73,41 @@ def facts(hosts: str, inventory: str | None, insecure_host_keys: bool = False) -
         raise Exit(code=3)
 
 
-# What may stand where ssh expects a destination: never an option (no leading '-'), no spaces.
-_ADDRESS = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9_.:%\[\]-]*")
-_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-def _check_destination(session: app.Session, host) -> None:
-    where = session.inventory.source
-    if not _ADDRESS.fullmatch(host.address or ""):
-        raise InputError(f"expected a host name or an IP address, got {host.address!r}", file=where,
-                         key=f"hosts.{host.name}.address")
-    if host.user is not None and not _USER.fullmatch(host.user):
-        raise InputError(f"expected a user name (letters, digits, '_', '.', '-'; not starting with '-'), "
-                         f"got {host.user!r}", file=where, key=f"hosts.{host.name}.user")
-
-
-def parse_local_port(value: object) -> int | None:
-    """--local-port: a whole number from 1 to 65535."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
-        raise InputError(f"expected a port number from 1 to 65535, got {str(value)!r}", key="--local-port")
-    return int(text)
-
-
-def _access(session: app.Session, name: str, local: int | None = None) -> dict:
-    from .compile import host_vars
-
-    host = session.inventory.hosts[name]
-    _check_destination(session, host)
-    values = {k: v.value for k, v in host_vars(session.inventory, name, session.roleset, {}, session.secrets).items()}
-    port = int(values["jupyter_port"])
-    local = local or port
-    ssh = ["ssh", "-N", "-L", f"{local}:localhost:{port}"]
-    if host.key:
-        ssh += ["-i", host.key]
-    if host.port and host.port != 22:
-        ssh += ["-p", str(host.port)]
-    # `--`: whatever follows is the destination, never an option, even if a check above is loosened.
-    ssh += ["--", f"{host.user}@{host.address}" if host.user else host.address]
-    auth = values.get("jupyter_auth", "token")
-    url = f"http://localhost:{local}/lab" + (f"?token={values['jupyter_token']}" if auth == "token" else "")
-    return {"host": name, "student": values.get("student", name), "address": host.address,
-            "tunnel": shlex.join(ssh), "url": url, "argv": ssh}
-
-
 @user_errors
 def tunnel(host: str, inventory: str | None, local_port: object, run: bool) -> None:
-    local = parse_local_port(local_port)
+    local = access.parse_local_port(local_port)
     session = app.Session.open(inventory)
     if host not in session.inventory.hosts:
         raise InputError(f"unknown host {host!r} in {session.inventory.source}", key="--host")
-    access = _access(session, host, local)
+    reach = access.access(session, host, local)
     # The URL holds the token: it is printed here on purpose, for the person who asked.
-    print(access["tunnel"])
-    print(access["url"])
+    print(reach["tunnel"])
+    print(reach["url"])
     if run:
-        raise Exit(code=subprocess.call(access["argv"]))
+        raise Exit(code=subprocess.call(reach["argv"]))
 
 
 @user_errors
 def handout(hosts: str, inventory: str | None, fmt: str, output: str | None) -> None:
-    if fmt not in ("csv", "md"):
-        raise InputError(f"expected csv or md, got {fmt!r}", key="--format")
-    session = app.Session.open(inventory)
-    rows = [_access(session, name) for name in session.select(hosts)]
-    columns = ["student", "host", "address", "tunnel", "url"]
-    buffer = io.StringIO()
-    if fmt == "csv":
-        writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        buffer.write("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
-        for row in rows:
-            buffer.write("| " + " | ".join(f"`{row[c]}`" if c in ("tunnel", "url") else str(row[c]) for c in columns) + " |\n")
+    text, count = access.handout(app.Session.open(inventory), hosts, fmt)
     if output:
         # The handout holds tokens: owner-only, written whole.
         path = Path(output)
-        atomic.replace(path, buffer.getvalue(), mode=0o600)
-        console.print(f"wrote {len(rows)} rows to {path} (mode 0600: it contains tokens)")
+        atomic.replace(path, text, mode=0o600)
+        console.print(f"wrote {count} rows to {path} (mode 0600: it contains tokens)")
     else:
-        sys.stdout.write(buffer.getvalue())
+        sys.stdout.write(text)
 
 
 @user_errors
 def gpus(hosts: str, inventory: str | None, insecure_host_keys: bool = False) -> None:
-    from .gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
-    from .hostfacts import gather
+    from roles.mxnet.gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
+    from fleet.engine.hostfacts import gather
 
     session = app.Session.open(inventory)
     names = session.select(hosts)
     found = gather([session.inventory.hosts[n] for n in names], [GPU_FACT], app.connect_options(insecure_host_keys))
-    from .compile import host_vars
+    from fleet.engine.compile import host_vars
 
     results, errors = {}, {}
     for name, result in found.items():
@@ -199,7 +136,7 @@ def gpus(hosts: str, inventory: str | None, insecure_host_keys: bool = False) ->
 @user_errors
 def report(hosts: str, inventory: str | None, output: str, json_path: str | None, with_urls: bool,
            insecure_host_keys: bool = False) -> None:
-    from .classreport import build
+    from fleet.classreport import build
 
     done = build(hosts, inventory, output, json_path=json_path, with_urls=with_urls,
                  insecure_host_keys=insecure_host_keys)
@@ -211,15 +148,15 @@ def report(hosts: str, inventory: str | None, output: str, json_path: str | None
 
 @user_errors
 def demo(count: int, keep: bool) -> None:
-    from .demo import run_demo
+    from fleet.testhosts.demo import run_demo
 
     raise Exit(code=run_demo(count, keep))
 
 
 @user_errors
 def disconnect() -> None:
-    from .keeper import disconnect as retire
-    from .state import state_dir
+    from fleet.transport.keeper import disconnect as retire
+    from fleet.engine.state import state_dir
 
     reply = retire(state_dir())
     if reply is None:
@@ -233,9 +170,9 @@ def disconnect() -> None:
 
 
 def demo_down() -> None:
-    from .demo import stop_demo
-    from .keeper import stop
-    from .state import state_dir
+    from fleet.testhosts.demo import stop_demo
+    from fleet.transport.keeper import stop
+    from fleet.engine.state import state_dir
 
     stop(state_dir())  # its connections led to the demo's hosts
     stop_demo()

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-from .errors import InputError, InputErrors
+from fleet.errors import InputError, InputErrors
 
 # libyaml's parser when PyYAML was built with it: parsing is most of a no-op run's start-up.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

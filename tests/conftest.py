@@ -1,4 +1,4 @@
-"""Shared fixtures: real Debian 12 test hosts (see fleet/testhosts.py).
+"""Shared fixtures: real Debian 12 test hosts (see fleet/testhosts/hosts.py).
 
 Integration fixtures skip where hosts cannot be booted (not root, tools missing), except
 in CI (CI=true), where integration tests must run: there they fail loudly instead.
@@ -11,8 +11,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from fleet import testhosts
-from fleet.testhosts import TestHost
+from fleet.testhosts import hosts as testhosts
+from fleet.testhosts.hosts import TestHost
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,7 +41,7 @@ def _require_hosts() -> None:
 def no_ssh_keeper_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Runs keep SSH connections open in a keeper per state folder; the tests' keepers end with them."""
     yield
-    from fleet import keeper
+    from fleet.transport import keeper
 
     keeper.stop_all_under(tmp_path_factory.getbasetemp())
 

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from fleet import testhosts
+from fleet.testhosts import hosts as testhosts
 
 PROJECT = Path(__file__).resolve().parent.parent
 NOTEBOOK = {

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import inventory
+from fleet.inventory import files as inventory
 from fleet.errors import InputError
-from fleet.variables import inventory_layers, merge
+from fleet.inventory.variables import inventory_layers, merge
 
 CORPUS = Path(__file__).parent / "data" / "inventories"
 CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir())

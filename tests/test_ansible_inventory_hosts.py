@@ -29,7 +29,7 @@ def ubuntu_logins(host) -> int:
 
 @pytest.fixture(scope="module")
 def two_hosts(hosts_factory):
-    from fleet import testhosts
+    from fleet.testhosts import hosts as testhosts
 
     hosts = hosts_factory(2)
     yield hosts

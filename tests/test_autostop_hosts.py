@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import testhosts
+from fleet.testhosts import hosts as testhosts
 from tests.fixtures import changed_steps, fleet, sh
 
 pytestmark = pytest.mark.hosts

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bench import run as bench
-from fleet import keeper, testhosts
+from fleet.transport import keeper
+from fleet.testhosts import hosts as testhosts
 
 pytestmark = pytest.mark.hosts
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import classreport, history
-from fleet.cloud import StatusRow
-from fleet.results import HostResult, RunResult, StepResult
+from fleet import classreport
+
+from fleet.engine import history
+from fleet.aws.cloud import StatusRow
+from fleet.engine.results import HostResult, RunResult, StepResult
 from tests.fixtures import fleet
 
 EVIL = "<script>alert(1)</script>"
@@ -185,7 +187,7 @@ from tests.test_cloud import CIDR, aws, ami, moto_url  # noqa: E402,F401 (fixtur
 
 
 def test_aws_course_shows_instance_state_and_cost(aws, ami, tmp_path, monkeypatch):  # noqa: F811
-    from fleet import cloud
+    from fleet.aws import cloud
 
     monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path / "state"))
     cloud.launch("art101", 2, ami=ami, cidr=CIDR, wait_ssh=False, instance_type="t3.micro")
@@ -210,7 +212,7 @@ def test_aws_course_shows_instance_state_and_cost(aws, ami, tmp_path, monkeypatc
     ("no-driver.txt", "-", "fits: mxnet"),
 ])
 def test_gpu_cell_from_recorded_probes(recording, cell, fits):
-    from fleet.gpu import parse_gpu_probe
+    from roles.mxnet.gpu import parse_gpu_probe
 
     facts = parse_gpu_probe((Path(__file__).parent / "data" / "gpu" / recording).read_text())
     found = classreport.gpu_text("h1", facts, {"mxnet_build": "auto"})

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet import keeper, testhosts
-from fleet.drift import compact
+from fleet.transport import keeper
+
+from fleet.testhosts import hosts as testhosts
+from fleet.engine.drift import compact
 from tests.fixtures import fleet, sh
 
 pytestmark = pytest.mark.hosts

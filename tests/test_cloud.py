@@ -1,4 +1,4 @@
-"""fleet.cloud and fleet.tasks_cloud against a moto server over real HTTP.
+"""fleet.aws.cloud and fleet.aws.tasks against a moto server over real HTTP.
 
 moto runs as a separate process (`python -m moto.server`); boto3 reaches it through
 the standard AWS_ENDPOINT_URL variable, exactly like it would reach AWS. Nothing in
@@ -23,8 +23,10 @@ import yaml
 from botocore.exceptions import ClientError
 from invoke import Context, Exit
 
-from fleet import cloud, tasks_cloud
-from fleet.cloud import CloudError
+from fleet.aws import cloud
+
+from fleet.aws import tasks as tasks_cloud
+from fleet.aws.cloud import CloudError
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
@@ -351,7 +353,7 @@ def test_terminate_touches_only_this_courses_managed_instances(aws, tmp_path, am
 
 def _run_task(args: list[str], env: dict, answer: str | None = None) -> subprocess.CompletedProcess:
     """Run the tasks through invoke's real CLI parser; stdin empty unless `answer` is given."""
-    code = ("from invoke import Collection, Program; from fleet import tasks_cloud; "
+    code = ("from invoke import Collection, Program; from fleet.aws import tasks as tasks_cloud; "
             "Program(namespace=Collection.from_module(tasks_cloud), name='invoke').run()")
     stdin = {"stdin": subprocess.DEVNULL} if answer is None else {"input": answer}
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
@@ -503,7 +505,7 @@ def test_free_slots():
 
 
 def test_price_table_has_the_promised_types():
-    table = yaml.safe_load((REPO / "fleet" / "prices.yml").read_text())
+    table = yaml.safe_load((REPO / "fleet" / "aws" / "prices.yml").read_text())
     assert table["date"] and table["source"]
     for t in ["t3.micro", "t3.xlarge", "m5.large", "m5.4xlarge", "c5.large", "g4dn.xlarge",
               "g4dn.12xlarge", "g5.xlarge", "g5.12xlarge", "p3.2xlarge", "p3.8xlarge", "p4d.24xlarge"]:

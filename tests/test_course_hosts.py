@@ -11,7 +11,7 @@ import shlex
 import pytest
 import yaml
 
-from fleet import testhosts
+from fleet.testhosts import hosts as testhosts
 from tests.fixtures import changed_steps, fleet, git_server, sh  # noqa: F401 (fixture)
 from tests.jupyter_ws import Jupyter, ssh_tunnel
 

@@ -6,9 +6,9 @@ from dataclasses import asdict
 import pytest
 from rich.console import Console
 
-from fleet.drift import compact, groups
-from fleet.report import Reporter
-from fleet.results import HostResult, RunResult, StepResult
+from fleet.engine.drift import compact, groups
+from fleet.engine.report import Reporter
+from fleet.engine.results import HostResult, RunResult, StepResult
 
 CONFIG = "/etc/jupyter/jupyter_server_config.py"
 
@@ -131,7 +131,7 @@ def probe_locally(*facts):
     """The facts inside a real probe script, run by bash as a host runs it."""
     import subprocess
 
-    from fleet.remote import Probe
+    from fleet.engine.remote import Probe
 
     probe = Probe(list(facts), [])
     out = subprocess.run(["bash", "-s"], input=probe.script(), capture_output=True, text=True, check=True).stdout
@@ -148,7 +148,7 @@ def config(name: str, token: str, extra: str = "") -> str:
 
 
 def test_secret_files_drifted_alike_share_a_digest(tmp_path):
-    from fleet.drift import masked_diff_fact
+    from fleet.engine.drift import masked_diff_fact
 
     edits = {"h1": "c.ServerApp.open_browser = True", "h2": "c.x = 600", "h3": "c.x = 600"}
     digests = {}
@@ -173,7 +173,7 @@ def test_secret_files_drifted_alike_share_a_digest(tmp_path):
 def test_console_width_when_piped(monkeypatch, tty, columns, expected):
     import sys
 
-    from fleet.report import console_width
+    from fleet.engine.report import console_width
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: tty, raising=False)
     if columns is None:

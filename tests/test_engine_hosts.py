@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import testhosts
+from fleet.testhosts import hosts as testhosts
 from tests.fixtures import changed_steps, fleet, git_server, sh  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.hosts

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from fleet import testhosts
+from fleet.testhosts import hosts as testhosts
 from tests.fixtures import fleet, sh, start_fleet, wait_for
 
 pytestmark = pytest.mark.hosts

@@ -1,6 +1,6 @@
 """GPU facts and the MXNet 1.9.1 build choice, as data.
 
-Each recording under tests/data/gpu/ is the whole output of fleet.gpu.COMMAND on one kind of
+Each recording under tests/data/gpu/ is the whole output of roles.mxnet.gpu.COMMAND on one kind of
 host (h200.txt was recorded on a real H200 with `scripts/gpu-check --save-probe`).
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.facts import Fact
-from fleet.gpu import (
+from fleet.engine.facts import Fact
+from roles.mxnet.gpu import (
     COMMAND, GPU_FACT, HIGHEST_CC, MXNET_WHEELS, Gpu, GpuFacts, MxnetChoice,
     choose_mxnet_build, driver_max_cuda, gpu_table_rows, normalize_wheel,
     parse_compute_cap, parse_cuda_version_json, parse_cuda_version_txt, parse_gpu_probe,
@@ -501,7 +501,7 @@ def test_command_reads_nothing_from_stdin(tmp_path: Path) -> None:
 
 
 def test_gpu_fact_in_the_engines_batched_probe(tmp_path: Path) -> None:
-    from fleet.remote import Probe
+    from fleet.engine.remote import Probe
     bindir = tmp_path / "bin"
     bindir.mkdir()
     smi = bindir / "nvidia-smi"

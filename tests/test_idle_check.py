@@ -256,7 +256,7 @@ def test_script_is_stdlib_only_and_executable():
 def _autostop_plan(tmp_path, monkeypatch, **knobs):
     """The autostop role's compiled steps for one host (controller side, no host needed)."""
     from fleet.app import Session
-    from fleet.compile import compile_plans
+    from fleet.engine.compile import compile_plans
 
     monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path / "state"))
     inventory = tmp_path / "inventory.yml"

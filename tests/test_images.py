@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import cloud, images, recipe
-from fleet import inventory as inventory_mod
+from fleet.aws import cloud
+
+from fleet.aws import images
+
+from fleet.engine import recipe
+from fleet.inventory import files as inventory_mod
 from tests.test_cloud import CIDR, REGION, REPO, _run_task, ami, aws, moto_url, up  # noqa: F401 (fixtures)
 
 COURSE = "stats"
@@ -199,7 +203,7 @@ def test_bake_refuses_bad_input_before_touching_anything(aws, baked, tmp_path):
 def test_the_prepare_script_parses_and_removes_what_the_roles_write(roles):
     from roles import autostop, jupyter
 
-    from fleet import imageprep
+    from fleet.engine import imageprep
 
     text = imageprep.script({"roles": roles, "jupyter_service": "jupyter"})
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0

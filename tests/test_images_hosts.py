@@ -9,7 +9,9 @@ import uuid
 
 import pytest
 
-from fleet import imageprep, testhosts
+from fleet.engine import imageprep
+
+from fleet.testhosts import hosts as testhosts
 from tests.fixtures import changed_steps, fleet, git_server, sh  # noqa: F401 (fixture)
 from tests.jupyter_ws import Jupyter, ssh_tunnel
 

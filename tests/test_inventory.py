@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from fleet import inventory, patterns
+from fleet.inventory import files as inventory
+
+from fleet.inventory import patterns
 from fleet.errors import InputError
-from fleet.variables import inventory_layers, merge, parse_set, render
+from fleet.inventory.variables import inventory_layers, merge, parse_set, render
 
 NATIVE = """
 name: lab
@@ -241,7 +243,7 @@ def test_native_connection_settings_resolve_like_variables(tmp_path):
 
 
 def test_become_password_is_the_hosts_sudo_password_and_masked(tmp_path):
-    from fleet.secrets import Masker
+    from fleet.engine.secrets import Masker
 
     inv = inventory.load(write(tmp_path, "all:\n  vars: {ansible_become_password: pw-all-1}\n"
                                          "  hosts:\n    h1:\n    h2: {ansible_sudo_pass: pw-host-2}\n"))

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from fleet import inventory
-from fleet.compile import compile_plans
+from fleet.inventory import files as inventory
+from fleet.engine.compile import compile_plans
 from fleet.errors import InputError, InputErrors
-from fleet.git import RefResolver
-from fleet.julia import (ARCH_FACT, ChecksumResolver, JuliaInstall, Link, checksums_url, installed_fact,
+from fleet.engine.git import RefResolver
+from roles.julia_kernel.julia import (ARCH_FACT, ChecksumResolver, JuliaInstall, Link, checksums_url, installed_fact,
                          link_fact, parse_checksums, run_resolver, tarball)
-from fleet.remote import Apply, Change
-from fleet.roles import RoleSet
-from fleet.secrets import CourseSecrets, Masker
-from fleet.steps import Command, Directory, Verify, path_fact
+from fleet.engine.remote import Apply, Change
+from fleet.engine.roles import RoleSet
+from fleet.engine.secrets import CourseSecrets, Masker
+from fleet.engine.steps import Command, Directory, Verify, path_fact
 from tests.fixtures import free_port
 
 OFFICIAL = "https://julialang-s3.julialang.org/bin"

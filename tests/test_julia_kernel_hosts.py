@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import testhosts
+from fleet.testhosts import hosts as testhosts
 from tests.fixtures import changed_steps, fleet, free_port, sh, wait_port
 
 pytestmark = pytest.mark.hosts

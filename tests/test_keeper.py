@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from fleet import keeper
-from fleet.connection import ConnectOptions, Unreachable, connect
+from fleet.transport import keeper
+from fleet.transport.base import ConnectOptions, Unreachable
+from fleet.transport.connection import connect
 from fleet.errors import FleetError
-from fleet.inventory import Host
+from fleet.inventory.files import Host
 from tests.fixtures import fleet
 
 
@@ -76,7 +77,7 @@ def test_a_host_that_cannot_be_reached_is_reported_through_the_keeper(state, mon
 
 
 def test_keeping_off_connects_directly(state, monkeypatch):
-    from fleet.ssh import SSHConnection
+    from fleet.transport.ssh import SSHConnection
 
     monkeypatch.setenv("FLEET_STATE_DIR", str(state))
     monkeypatch.setenv("FLEET_SSH_PERSIST", "0")
@@ -291,7 +292,7 @@ def test_a_retired_keeper_finishes_the_scripts_it_runs(state, sshd, tmp_path, mo
     thread, outcome = _in_background(conn, script)
     assert _wait(started.exists)
     # A command running newer code greets it, retires it, starts a new keeper.
-    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from fleet import keeper; "
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from fleet.transport import keeper; "
                     "keeper._keeper_socket(Path(sys.argv[1]), 60).close()", str(state)],
                    cwd=Path(__file__).resolve().parent.parent, check=True, timeout=60)
     assert _pid(state) != os.getpid()
@@ -335,14 +336,14 @@ def test_the_version_covers_every_module_the_keeper_runs(tmp_path):
     """Changing any module of the package that the keeper imports retires running keepers."""
     root = Path(__file__).resolve().parent.parent
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, fleet.keeper, fleet.ssh; "
+        [sys.executable, "-c", "import sys, fleet.transport.keeper, fleet.transport.ssh; "
          "print('\\n'.join(sorted(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'fleet')))"],
         cwd=root, capture_output=True, text=True, check=True).stdout.split()
     copy = tmp_path / "copy"
     shutil.copytree(root / "fleet", copy / "fleet", ignore=shutil.ignore_patterns("__pycache__"))
     relative = [str(Path(m).relative_to(root)) for m in loaded]
     # In a copy of the package: change each module in turn; does the keeper's VERSION change?
-    probe = ("import importlib, sys; from pathlib import Path; from fleet import keeper\n"
+    probe = ("import importlib, sys; from pathlib import Path; from fleet.transport import keeper\n"
              "before = keeper.VERSION\n"
              "for name in sys.argv[1:]:\n"
              "    Path(name).write_text(Path(name).read_text() + '\\n# changed\\n')\n"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import testhosts
+from fleet.testhosts import hosts as testhosts
 from tests.fixtures import changed_steps, fleet, sh
 from tests.jupyter_ws import Jupyter, ssh_tunnel
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.gpu import GPU_FACT
-from fleet.steps import path_fact, venv_fact
+from roles.mxnet.gpu import GPU_FACT
+from fleet.engine.steps import path_fact, venv_fact
 from roles.mxnet import FrameworkEnv, FrameworkGate, FrameworkInstall
 
 DATA = Path(__file__).parent / "data" / "gpu"

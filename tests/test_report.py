@@ -4,8 +4,8 @@ import json
 
 from rich.console import Console
 
-from fleet.report import Reporter
-from fleet.results import HostResult, StepResult
+from fleet.engine.report import Reporter
+from fleet.engine.results import HostResult, StepResult
 
 
 def test_changed_steps_show_the_time_of_slow_ones():
@@ -25,8 +25,8 @@ def test_changed_steps_show_the_time_of_slow_ones():
 
 
 def test_the_json_report_is_private_and_a_planted_link_cannot_redirect_it(tmp_path):
-    from fleet.report import write_json
-    from fleet.results import RunResult
+    from fleet.engine.report import write_json
+    from fleet.engine.results import RunResult
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me\n")

@@ -5,11 +5,11 @@ import socket
 
 import pytest
 
-from fleet.connection import ConnectOptions
+from fleet.transport.base import ConnectOptions
 from fleet.errors import InputError
-from fleet.inventory import Host
-from fleet.roles import HostPlan
-from fleet.runner import RunOptions, parse_max_fail, run_fleet
+from fleet.inventory.files import Host
+from fleet.engine.roles import HostPlan
+from fleet.engine.runner import RunOptions, parse_max_fail, run_fleet
 
 GOOD = [
     # (text, hosts in the run, failures allowed)

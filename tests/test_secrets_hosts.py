@@ -9,7 +9,7 @@ import threading
 import pytest
 import requests
 
-from fleet import testhosts
+from fleet.testhosts import hosts as testhosts
 from tests.fixtures import fleet, sh
 from tests.jupyter_ws import ssh_tunnel
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import inventory as inventory_mod
-from fleet.compile import compile_plans
-from fleet.git import RefResolver
-from fleet.roles import PROJECT, RoleSet
-from fleet.secrets import CourseSecrets, Masker
+from fleet.inventory import files as inventory_mod
+from fleet.engine.compile import compile_plans
+from fleet.engine.git import RefResolver
+from fleet.engine.roles import PROJECT, RoleSet
+from fleet.engine.secrets import CourseSecrets, Masker
 
 INVENTORIES = sorted((PROJECT / "inventory").glob("*.yml"))
 

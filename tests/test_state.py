@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import state
+from fleet.engine import state
 from fleet.errors import FleetError
-from fleet.secrets import CourseSecrets, Masker
+from fleet.engine.secrets import CourseSecrets, Masker
 
 RACERS = 8
 ROUNDS = 15

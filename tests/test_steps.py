@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from fleet.errors import InputError
-from fleet.git import Git, RefResolver
-from fleet.steps import (APT_AGE, Absent, Apt, Command, Directory, File, Line, Pip, Service, User,
+from fleet.engine.git import Git, RefResolver
+from fleet.engine.steps import (APT_AGE, Absent, Apt, Command, Directory, File, Line, Pip, Service, User,
                          dpkg_fact, path_fact, unit_fact, venv_fact)
 
 
@@ -165,7 +165,7 @@ def run_fact(fact):
 
 def test_batched_path_facts_read_as_single_ones(tmp_path):
     """The probe's one stat + one sha256sum for many paths gives each fact what its own command gives."""
-    from fleet.remote import Probe
+    from fleet.engine.remote import Probe
 
     (tmp_path / "file").write_text("x\n")
     (tmp_path / "empty").write_text("")
@@ -244,8 +244,8 @@ def test_user_git_and_apt_age_fact_parsers(tmp_path):
 # --- step timing: the apply script reports how long each change took on the host -------------
 
 def test_apply_times_each_change_with_bash_clock():
-    from fleet.remote import Apply, Change
-    from fleet.steps import Outcome
+    from fleet.engine.remote import Apply, Change
+    from fleet.engine.steps import Outcome
 
     quick = Command("true", idempotent=False)
     slow = Command("sleep 0.3", idempotent=False)
@@ -266,8 +266,8 @@ def test_apply_times_each_change_with_bash_clock():
     ("rc 0  ", None),
 ])
 def test_step_seconds_parsing(header, seconds):
-    from fleet.remote import Apply, Change
-    from fleet.steps import Outcome
+    from fleet.engine.remote import Apply, Change
+    from fleet.engine.steps import Outcome
 
     apply = Apply([Change(0, Command("true", idempotent=False), Outcome(True, "x", ["true"]))], [], set(), [])
     n = apply.nonce

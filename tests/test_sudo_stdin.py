@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from fleet.ssh import SUDO_WITH_PASSWORD
+from fleet.transport.ssh import SUDO_WITH_PASSWORD
 
 FAKE_SUDO = """#!/bin/bash
 # sudo's observable behaviour here: NEEDS_PASSWORD=1 is a login whose sudo asks.

@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from fleet.remote import Apply, Change, Probe
-from fleet.steps import Absent, Command, Directory, File, Step, path_fact
+from fleet.engine.remote import Apply, Change, Probe
+from fleet.engine.steps import Absent, Command, Directory, File, Step, path_fact
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root and runuser")
@@ -128,7 +128,7 @@ def test_user_facts_are_read_as_the_user(place):
 @needs_root
 def test_a_user_who_does_not_exist_yet_owns_nothing(place):
     """A first run creates the course user after the probe: their paths and checkouts read as absent."""
-    from fleet.git import Git
+    from fleet.engine.git import Git
     from tests.test_steps import FakeResolver
 
     facts = [path_fact(str(place), user="no-such-student"), path_fact(str(place), True, user="no-such-student"),

@@ -11,8 +11,8 @@ from typing import Callable, Iterator
 import pytest
 import yaml
 
-from fleet import testhosts
-from fleet.testhosts import CONTROLLER_ALIAS, TestHost
+from fleet.testhosts import hosts as testhosts
+from fleet.testhosts.hosts import CONTROLLER_ALIAS, TestHost
 
 
 @pytest.fixture(scope="module")

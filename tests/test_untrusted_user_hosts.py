@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fleet import testhosts
+from fleet.testhosts import hosts as testhosts
 from tests.fixtures import fleet, git_server, sh  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.hosts

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from fleet.git import Git, RefResolver
-from fleet.secrets import Masker
+from fleet.engine.git import Git, RefResolver
+from fleet.engine.secrets import Masker
 from fleet.shell import redact_url, url_secrets
 from tests.fixtures import fleet
 

@@ -10,10 +10,10 @@ import re
 import shlex
 from pathlib import Path
 
-from fleet.roles import RoleContext
+from fleet.engine.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import Apt, Directory, File, Handler, Service, Verify, reload_if_changed
-from fleet.variables import HostVars
+from fleet.engine.steps import Apt, Directory, File, Handler, Service, Verify, reload_if_changed
+from fleet.inventory.variables import HostVars
 
 SOURCE = Path(__file__).resolve().parent / "files" / "fleet-idle-check"
 SCRIPT = "/usr/local/sbin/fleet-idle-check"

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from fleet.roles import RoleContext
+from fleet.engine.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import Directory, File, Pip, Verify
-from fleet.variables import HostVars
+from fleet.engine.steps import Directory, File, Pip, Verify
+from fleet.inventory.variables import HostVars
 
 CHECK = """
 import os

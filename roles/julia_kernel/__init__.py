@@ -9,11 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from fleet.julia import SHA256, VERSION, JuliaInstall, Link, major_minor, run_resolver
-from fleet.roles import RoleContext
+from roles.julia_kernel.julia import SHA256, VERSION, JuliaInstall, Link, major_minor, run_resolver
+from fleet.engine.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import Command, Directory, Verify
-from fleet.variables import HostVars
+from fleet.engine.steps import Command, Directory, Verify
+from fleet.inventory.variables import HostVars
 
 KERNEL_CHECK = """import json, sys
 name, binary = sys.argv[1], sys.argv[2]

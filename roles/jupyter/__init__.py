@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 
-from fleet.roles import RoleContext
+from fleet.engine.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import (Absent, Apt, Directory, File, Handler, Pip, Service, User, Verify, home_territory,
+from fleet.engine.steps import (Absent, Apt, Directory, File, Handler, Pip, Service, User, Verify, home_territory,
                          reload_if_changed)
-from fleet.variables import HostVars
+from fleet.inventory.variables import HostVars
 
 CONFIG = "/etc/jupyter/jupyter_server_config.py"
 
@@ -49,5 +49,5 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
 def _api_check(v: HostVars) -> str:
     address = "127.0.0.1" if v.jupyter_ip in ("0.0.0.0", "::", "") else v.jupyter_ip
     # /api/status needs the token: a 2xx proves the server is up and takes this host's token.
-    # __http_ok (fleet.remote) is a bash function, so the token is never in a process's arguments.
+    # __http_ok (fleet.engine.remote) is a bash function, so the token is never in a process's arguments.
     return f"__http_ok {q(address)} {int(v.jupyter_port)} /api/status {q(v.jupyter_token)}"

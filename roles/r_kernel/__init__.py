@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from fleet.roles import RoleContext
+from fleet.engine.roles import RoleContext
 from fleet.shell import q
-from fleet.steps import Apt, Command, Verify
-from fleet.variables import HostVars
+from fleet.engine.steps import Apt, Command, Verify
+from fleet.inventory.variables import HostVars
 
 KERNELSPEC_CHECK = """import json, sys
 specs = json.load(sys.stdin)["kernelspecs"]

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from fleet.git import Git
-from fleet.roles import RoleContext
-from fleet.steps import Apt
-from fleet.variables import HostVars
+from fleet.engine.git import Git
+from fleet.engine.roles import RoleContext
+from fleet.engine.steps import Apt
+from fleet.inventory.variables import HostVars
 
 ITEM_KEYS = {"url", "dest", "ref"}
 

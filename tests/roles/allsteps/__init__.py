@@ -1,6 +1,6 @@
 """Test role: every step kind once, so the engine is proven on real hosts."""
-from fleet.git import Git
-from fleet.steps import Apt, Command, Directory, File, Handler, Line, Pip, Service, User, Verify, reload_if_changed
+from fleet.engine.git import Git
+from fleet.engine.steps import Apt, Command, Directory, File, Handler, Line, Pip, Service, User, Verify, reload_if_changed
 
 UNIT = """[Unit]
 Description=allsteps test service

@@ -1,7 +1,7 @@
 """Test role for faults: step 1 changes a config and notifies a handler, step 2 is slow (the
 window where tests cut power or the connection), step 3 writes a second file."""
 from fleet.shell import q
-from fleet.steps import Apt, Command, Directory, File, Handler
+from fleet.engine.steps import Apt, Command, Directory, File, Handler
 
 
 def steps(v, ctx):

@@ -1,0 +1,93 @@
+"""The tree tells the architecture: no import circles in the package (module-level or inside
+functions), every module under 400 lines or saying at its top why it is longer, and every
+package folder saying in its docstring what lives there."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+SOURCES = [*PROJECT.glob("fleet/**/*.py"), *PROJECT.glob("roles/**/*.py")]
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PROJECT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The project modules `path` imports anywhere in it (a package counts as its __init__)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in known}
+    return found - {module_name(path)}
+
+
+def graph() -> dict[str, set[str]]:
+    known = {module_name(p) for p in SOURCES}
+    return {module_name(p): imports(p, known) for p in SOURCES}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles():
+    assert cycles(graph()) == []
+
+
+def test_long_modules_say_why():
+    long = []
+    for path in SOURCES:
+        text = path.read_text()
+        lines = text.count("\n")
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        if lines > MAX_LINES and "longer than" not in docstring:
+            long.append(f"{path.relative_to(PROJECT)}: {lines} lines")
+    assert long == [], "over 400 lines without a reason at the top ('longer than ...'):\n" + "\n".join(long)
+
+
+def test_every_package_says_what_lives_there():
+    silent = [str(p.relative_to(PROJECT)) for p in PROJECT.glob("fleet/**/__init__.py")
+              if not ast.get_docstring(ast.parse(p.read_text()))]
+    assert silent == []
