@@ -19,7 +19,7 @@ from typing import Any
 
 from fleet.engine.facts import Fact
 from fleet.shell import q, redact_url, url_secrets
-from fleet.engine.steps import KEPT, Outcome, Step, _check_path, read_as
+from fleet.engine.steps import KEPT, Outcome, Step, check_path, read_as
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -89,7 +89,7 @@ class Git(Step):
     notify: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.dest = _check_path(self.dest, "dest")
+        self.dest = check_path(self.dest, "dest")
         self.name = f"git {redact_url(self.url)} -> {self.dest}@{self.ref}"
         self.sha, self.branch, self.error = (self.resolver or RefResolver()).resolve(self.url, self.ref)
 

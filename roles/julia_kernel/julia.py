@@ -18,7 +18,7 @@ from typing import Any
 
 from fleet.engine.facts import Fact
 from fleet.shell import q
-from fleet.engine.steps import Outcome, Step, _check_path, path_fact
+from fleet.engine.steps import Outcome, Step, check_path, path_fact
 
 OFFICIAL_MIRROR = "https://julialang-s3.julialang.org/bin"
 VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.]+)?$")
@@ -138,7 +138,7 @@ class JuliaInstall(Step):
     notify: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.prefix = _check_path(self.prefix, "prefix")
+        self.prefix = check_path(self.prefix, "prefix")
         major_minor(self.version)
         self.sha256 = self.sha256.lower()
         self.home = f"{self.prefix.rstrip('/')}/julia-{self.version}"
@@ -206,7 +206,7 @@ class Link(Step):
     notify: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.path = _check_path(self.path, "path")
+        self.path = check_path(self.path, "path")
         self.name = f"link {self.path} -> {self.target}"
 
     def facts(self, diff: bool = False) -> list[Fact]:
