@@ -1,0 +1,247 @@
+"""The course's instances: found by tags, launched into free slots, written out as an inventory,
+stopped, started and terminated."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+from botocore.exceptions import (
+    ClientError,
+)
+
+from fleet.aws.amis import resolve_ami
+from fleet.aws.common import ACTIVE_STATES, COURSE_TAG, CloudError, DEFAULT_KEY_DIR, Instance, LaunchResult, MANAGED_TAG, SLOT_TAG, _aws, _check_course, _ec2, _slot_order, _tag_spec, caller_public_ip, explain, free_slots, is_gpu_type, key_path, normalize_cidr, wait_for_ssh
+from fleet.aws.groups import ensure_security_group
+from fleet.aws.keys import ensure_key_pair
+
+
+# ------------------------------------------------------------------ instances
+
+
+
+
+def _to_instance(raw: dict[str, Any]) -> Instance:
+    tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+    slot_text = tags.get(SLOT_TAG, "")
+    itype = raw.get("InstanceType", "")
+    return Instance(
+        id=raw["InstanceId"],
+        name=tags.get("Name", raw["InstanceId"]),
+        slot=int(slot_text) if slot_text.isdigit() else None,
+        state=raw.get("State", {}).get("Name", "unknown"),
+        type=itype,
+        public_ip=raw.get("PublicIpAddress"),
+        private_ip=raw.get("PrivateIpAddress"),
+        launch_time=raw.get("LaunchTime"),
+        key_name=raw.get("KeyName"),
+        gpu=is_gpu_type(itype),
+    )
+
+
+def _describe(ec2: Any, course: str, states: Iterable[str]) -> list[Instance]:
+    filters = [
+        {"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]},
+        {"Name": f"tag:{COURSE_TAG}", "Values": [course]},
+        {"Name": "instance-state-name", "Values": list(states)},
+    ]
+    found: list[Instance] = []
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+        for reservation in page["Reservations"]:
+            for raw in reservation["Instances"]:
+                tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+                # Re-checked here, not only trusted to the filter: these are the
+                # instances stop/terminate will act on.
+                if tags.get(MANAGED_TAG) == "true" and tags.get(COURSE_TAG) == course:
+                    found.append(_to_instance(raw))
+    return sorted(found, key=_slot_order)
+
+
+def course_instances(
+    course: str, region: str | None = None, states: Iterable[str] = ACTIVE_STATES
+) -> list[Instance]:
+    """The course's managed instances in the given states, ordered by slot."""
+    _check_course(course)
+    _, ec2, name = _ec2(region)
+    with _aws(name):
+        return _describe(ec2, course, states)
+
+
+def _run_one(ec2: Any, course: str, slot: int, *, ami: str, instance_type: str,
+             key: str, group_id: str) -> Instance:
+    name = f"{course}-{slot}"
+    tags = _tag_spec("instance", course, Name=name, **{SLOT_TAG: str(slot)})
+    resp = ec2.run_instances(
+        ImageId=ami,
+        InstanceType=instance_type,
+        KeyName=key,
+        SecurityGroupIds=[group_id],
+        MinCount=1,
+        MaxCount=1,
+        # The idle auto-stop runs `poweroff` inside the VM: with "stop" that stops the
+        # instance (disk kept, billing paused) instead of destroying a student's work.
+        InstanceInitiatedShutdownBehavior="stop",
+        MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        # Tags go on at creation (one call per slot, as tags differ): an instance can
+        # never exist untagged, so it can never escape status/stop/terminate.
+        TagSpecifications=[tags, {**_tag_spec("volume", course, Name=name)}],
+        # Retries of this same call (by botocore) must not start a second instance.
+        ClientToken=f"{course[:24]}-{slot}-{uuid.uuid4().hex}",
+    )
+    return _to_instance(resp["Instances"][0])
+
+
+def launch(
+    course: str,
+    count: int,
+    *,
+    instance_type: str = "g4dn.xlarge",
+    region: str | None = None,
+    ami: str | None = None,
+    cidr: str | None = None,
+    key_dir: Path | str = DEFAULT_KEY_DIR,
+    wait_ssh: bool = True,
+    user: str = "ubuntu",
+    ssh_timeout: float = 600.0,
+    ip_lookup: Callable[[], str] = caller_public_ip,
+) -> LaunchResult:
+    """Bring the course up to `count` managed instances; safe to re-run.
+
+    Existing non-terminated instances (stopped ones included) count towards `count`;
+    only the missing slots are launched, lowest numbers first. Never shrinks.
+    `user` is accepted for symmetry with inventory_hosts (the AMI decides the login).
+    """
+    _check_course(course)
+    if count < 1:
+        raise CloudError("count must be at least 1")
+    session, ec2, region_name = _ec2(region)
+    allowed = normalize_cidr(cidr if cidr else f"{ip_lookup()}/32")
+    with _aws(region_name, instance_type):
+        key, path, key_action = ensure_key_pair(ec2, course, key_dir)
+        group_id = ensure_security_group(ec2, course, allowed)
+        existing = _describe(ec2, course, ACTIVE_STATES)
+        result = LaunchResult(course, region_name, key, path, key_action, group_id, allowed, None,
+                              existing=existing)
+        missing = free_slots((i.slot for i in existing if i.slot is not None), count - len(existing))
+        if len(existing) > count:
+            result.notes.append(f"{len(existing)} instances exist, more than {count}: none removed")
+        if missing:
+            result.ami = resolve_ami(session, ec2, ami)
+        for slot in missing:
+            try:
+                result.launched.append(_run_one(ec2, course, slot, ami=result.ami or "",
+                                                instance_type=instance_type, key=key,
+                                                group_id=group_id))
+            except ClientError as exc:
+                done = ", ".join(i.name for i in result.launched) or "none"
+                err = explain(exc, region=region_name, instance_type=instance_type)
+                raise CloudError(f"{err} (launched before the error: {done}; re-running launch "
+                                 "only adds the missing slots)") from None
+        stopped = [i.name for i in existing if i.state in ("stopped", "stopping")]
+        if stopped:
+            result.notes.append(f"stopped, left as is (use `invoke start`): {', '.join(stopped)}")
+        waiting = [i.id for i in result.launched + existing if i.state in ("pending", "running")]
+        if waiting:
+            ec2.get_waiter("instance_running").wait(
+                InstanceIds=waiting, WaiterConfig={"Delay": 5, "MaxAttempts": 120}
+            )
+        # Re-read: public addresses are only known once the instances run.
+        current = {i.id: i for i in _describe(ec2, course, ACTIVE_STATES)}
+        result.launched = [current.get(i.id, i) for i in result.launched]
+        result.existing = [current.get(i.id, i) for i in result.existing]
+    if wait_ssh:
+        deadline = time.monotonic() + ssh_timeout
+        silent = [
+            i.name for i in result.instances
+            if i.state == "running" and (i.public_ip or i.private_ip)
+            and not wait_for_ssh(i.public_ip or i.private_ip or "", 22,
+                                 max(1.0, deadline - time.monotonic()))
+        ]
+        if silent:
+            raise CloudError(
+                f"instances are running but SSH did not answer within {int(ssh_timeout)}s: "
+                f"{', '.join(silent)}; check that your address is inside {allowed} and re-run "
+                "launch (it will not start more instances)"
+            )
+    return result
+
+
+# -------------------------------------------------------------- inventory
+
+
+def inventory_hosts(
+    course: str,
+    region: str | None = None,
+    user: str = "ubuntu",
+    key_dir: Path | str = DEFAULT_KEY_DIR,
+) -> dict[str, Any]:
+    """The running instances in the fleet's native inventory shape, with gpu/cpu groups."""
+    keyfile = str(key_path(course, key_dir))
+    hosts: dict[str, Any] = {}
+    groups: dict[str, dict[str, list[str]]] = {"gpu": {"hosts": []}, "cpu": {"hosts": []}}
+    for inst in course_instances(course, region, states=("running",)):
+        address = inst.public_ip or inst.private_ip
+        if not address:
+            continue
+        name = inst.name if inst.name not in hosts else f"{inst.name}-{inst.id}"
+        hosts[name] = {
+            "address": address,
+            "user": user,
+            "key": keyfile,
+            "vars": {"instance_type": inst.type, "gpu": inst.gpu, "instance_id": inst.id},
+        }
+        groups["gpu" if inst.gpu else "cpu"]["hosts"].append(name)
+    return {"hosts": hosts, "groups": groups}
+
+
+def write_snapshot(
+    course: str,
+    path: Path | str,
+    region: str | None = None,
+    user: str = "ubuntu",
+    key_dir: Path | str = DEFAULT_KEY_DIR,
+) -> Path:
+    """Write inventory_hosts() as a YAML inventory file (a frozen copy of `aws:<course>`)."""
+    data = inventory_hosts(course, region, user=user, key_dir=key_dir)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = (f"# Snapshot of AWS course {course!r} taken {stamp} by `invoke snapshot`.\n"
+              "# Addresses change when instances stop/start: re-run the snapshot, or use\n"
+              f"# --inventory aws:{course} to always read the live list.\n")
+    out.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    return out
+
+
+# -------------------------------------------------------------- lifecycle
+
+
+def _act(course: str, region: str | None, states: Iterable[str], call: str) -> list[Instance]:
+    _check_course(course)
+    _, ec2, name = _ec2(region)
+    with _aws(name):
+        targets = _describe(ec2, course, states)
+        if targets:
+            getattr(ec2, call)(InstanceIds=[i.id for i in targets])
+    return targets
+
+
+def stop(course: str, region: str | None = None) -> list[Instance]:
+    """Stop the course's running instances (disks kept); returns those acted on."""
+    return _act(course, region, ("pending", "running"), "stop_instances")
+
+
+def start(course: str, region: str | None = None) -> list[Instance]:
+    """Start the course's stopped instances; returns those acted on."""
+    return _act(course, region, ("stopped",), "start_instances")
+
+
+def terminate(course: str, region: str | None = None) -> list[Instance]:
+    """Terminate (destroy, disks included) the course's instances; returns those acted on.
+
+    The key pair and security group are kept, so a later launch reuses them.
+    """
+    return _act(course, region, ACTIVE_STATES, "terminate_instances")
