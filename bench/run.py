@@ -26,6 +26,7 @@ from rich.table import Table
 from fleet.engine import imageprep
 
 from fleet.testhosts import hosts as testhosts
+from fleet.testhosts import layers
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Piped output gets the whole table rather than rich's 80-column default.
@@ -193,7 +194,7 @@ def measure(n: int, url: str, workdir: Path) -> dict:
 
 
 def bake(url: str, workdir: Path) -> tuple[Path, dict]:
-    """Provision one host with the workload and bake it into a layer (fleet.testhosts.hosts.bake_layer)."""
+    """Provision one host with the workload and bake it into a layer (fleet.testhosts.layers.bake_layer)."""
     state = workdir / "state-bake"
     state.mkdir()
     inventory = state / "bench.yml"
@@ -206,7 +207,7 @@ def bake(url: str, workdir: Path) -> tuple[Path, dict]:
             raise SystemExit(f"provisioning the host to bake failed:\n{cold['output'][-3000:]}")
         from fleet.transport import keeper
         keeper.stop(state)
-        layer = testhosts.bake_layer(host, f"bench-{os.getpid()}", imageprep.script(workload_vars(url)))
+        layer = layers.bake_layer(host, f"bench-{os.getpid()}", imageprep.script(workload_vars(url)))
     except BaseException:
         testhosts.teardown([host])
         raise
@@ -290,7 +291,7 @@ def main(counts: list[int], json_path: str, baked_only: bool = False) -> int:
         finally:
             git.terminate()
             if layer is not None:
-                testhosts.remove_layer(layer)
+                layers.remove_layer(layer)
     table = Table(title="Jupyter Fleet benchmark (2 cores shared by the controller and the hosts)")
     for column in ("hosts", "cold s", "cold from baked image", "no-op s (median of 3)", "CPU s/host", "logins/host", "commands/host",
                    "no-op without keeper", "drift repair", "controller peak"):

@@ -6,7 +6,6 @@ import os
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 from rich.console import Console

@@ -1,4 +1,4 @@
-"""Shared fixtures: real Debian 12 test hosts (see fleet/testhosts/hosts.py).
+"""Shared fixtures: real Debian 12 test hosts (see fleet/testhosts/).
 
 Integration fixtures skip where hosts cannot be booted (not root, tools missing), except
 in CI (CI=true), where integration tests must run: there they fail loudly instead.

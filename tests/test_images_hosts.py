@@ -12,6 +12,7 @@ import pytest
 from fleet.engine import imageprep
 
 from fleet.testhosts import hosts as testhosts
+from fleet.testhosts import layers
 from tests.fixtures import changed_steps, fleet, git_server, sh  # noqa: F401 (fixture)
 from tests.jupyter_ws import Jupyter, ssh_tunnel
 
@@ -47,7 +48,7 @@ def course(git_server, tmp_path_factory):  # noqa: F811
         drift = fleet("check", state=source_state, inventory=source_inventory)
         base_key = host_key(source)
         assert first.rc == 0 and drift.rc == 0, first.output + drift.output
-        layer = testhosts.bake_layer(source, f"test-{uuid.uuid4().hex[:8]}", imageprep.script(course_vars))
+        layer = layers.bake_layer(source, f"test-{uuid.uuid4().hex[:8]}", imageprep.script(course_vars))
         hosts = testhosts.boot(3, layer=layer)
         booted += hosts
         state = tmp_path_factory.mktemp("class")
@@ -59,7 +60,7 @@ def course(git_server, tmp_path_factory):  # noqa: F811
     finally:
         testhosts.teardown(booted)
         if layer is not None:
-            testhosts.remove_layer(layer)
+            layers.remove_layer(layer)
 
 
 def test_the_layer_keeps_software_and_drops_per_host_files(course):

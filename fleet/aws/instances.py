@@ -14,7 +14,10 @@ from botocore.exceptions import (
 )
 
 from fleet.aws.amis import resolve_ami
-from fleet.aws.common import ACTIVE_STATES, COURSE_TAG, CloudError, DEFAULT_KEY_DIR, Instance, LaunchResult, MANAGED_TAG, SLOT_TAG, _aws, _check_course, _ec2, _slot_order, _tag_spec, caller_public_ip, explain, free_slots, is_gpu_type, key_path, normalize_cidr, wait_for_ssh
+from fleet.aws.common import (ACTIVE_STATES, COURSE_TAG, CloudError, DEFAULT_KEY_DIR, Instance, LaunchResult,
+                              MANAGED_TAG, SLOT_TAG, _aws, _check_course, _ec2, _slot_order, _tag_spec,
+                              caller_public_ip, explain, free_slots, is_gpu_type, key_path, normalize_cidr,
+                              wait_for_ssh)
 from fleet.aws.groups import ensure_security_group
 from fleet.aws.keys import ensure_key_pair
 

@@ -1,6 +1,6 @@
 """`invoke demo`: local Debian test hosts provisioned with the embedded demo course.
 
-Needs root (it boots systemd-nspawn containers, see fleet/testhosts/hosts.py); no AWS account.
+Needs root (it boots systemd-nspawn containers, see fleet/testhosts/); no AWS account.
 The hosts and a git daemon serving demo/course stay up until `invoke demo-down`.
 """
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""Baked layers: a provisioned host turned into a cached lower layer that hosts boot from."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+
+log = logging.getLogger(__name__)
+
+from fleet.testhosts.base import _lower_dirs
+from fleet.testhosts.common import HostError, LAYERS, TestHost, _alive, _layer_stamp, _wipe
+from fleet.testhosts.hosts import _stop, _unmount, teardown
+
+# --------------------------------------------------------------------------- baked layers
+
+# written per host by _prepare, so they must not come from a layer
+_PER_HOST_FILES = ("etc/hostname", "etc/hosts", "etc/machine-id")
+
+
+def bake_layer(h: TestHost, name: str, prepare: str, info: Mapping[str, Any] | None = None) -> Path:
+    """Turn a provisioned host into a cached layer that hosts can boot from; the host is torn down.
+
+    `prepare` is the prepare-for-imaging script (fleet.engine.imageprep), run as root on the host.
+    Then the host shuts down and its upper dir, renamed (same filesystem: no copy), becomes
+    LAYERS/name, an extra lower layer over the base. Overlayfs honours the whiteouts and
+    opaque dirs a lower layer carries, so what the provision deleted stays deleted.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}", name):
+        raise HostError(f"bad layer name {name!r}: letters, digits, '.', '_' and '-'")
+    dest = LAYERS / name
+    if dest.exists():
+        if any(str(dest) in lowers for lowers in _lower_dirs()):
+            raise HostError(f"layer {name} exists and hosts are booted from it; tear them down first")
+        _layer_stamp(dest).unlink(missing_ok=True)
+        _wipe(dest)
+    p = subprocess.run(h.ssh_command("sudo -n bash -s"), input=prepare, text=True, capture_output=True,
+                       timeout=300)
+    if p.returncode:
+        raise HostError(f"{h.name}: preparing for imaging failed (exit {p.returncode}): {p.stderr.strip()[-2000:]}")
+    _stop(h)
+    if _alive(h.pid, h._start):
+        raise HostError(f"{h.name} did not shut down; not baked")
+    _unmount(h)
+    LAYERS.mkdir(parents=True, exist_ok=True)
+    tmp = LAYERS / f".{name}.tmp"
+    _wipe(tmp)
+    h.upper.rename(tmp)
+    for rel in _PER_HOST_FILES:
+        (tmp / rel).unlink(missing_ok=True)
+    tmp.rename(dest)
+    stamp = {"name": name, "from": h.name, "baked": time.strftime("%Y-%m-%dT%H:%M:%S"), **dict(info or {})}
+    _layer_stamp(dest).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")   # last: marks it complete
+    teardown([h])
+    return dest
+
+
+
+
+def layer_info(layer: Path) -> dict[str, Any]:
+    try:
+        return json.loads(_layer_stamp(Path(layer)).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def remove_layer(layer: Path) -> None:
+    layer = Path(layer)
+    if any(str(layer) in lowers for lowers in _lower_dirs()):
+        raise HostError(f"{layer} is in use by booted hosts")
+    _layer_stamp(layer).unlink(missing_ok=True)
+    _wipe(layer)
