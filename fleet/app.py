@@ -19,7 +19,7 @@ from fleet.engine.compile import compile_plans, host_vars
 from fleet.transport.base import ConnectOptions
 from fleet.errors import InputError
 from fleet.engine.git import RefResolver
-from fleet.inventory.files import Inventory
+from fleet.inventory.model import Inventory
 from fleet.engine.report import Reporter, console_width, write_json
 from fleet.engine.results import RunResult
 from fleet.engine.roles import PROJECT, RoleSet

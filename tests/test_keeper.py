@@ -19,7 +19,7 @@ from fleet.transport import keeper
 from fleet.transport.base import ConnectOptions, Unreachable
 from fleet.transport.connection import connect
 from fleet.errors import FleetError
-from fleet.inventory.files import Host
+from fleet.inventory.model import Host
 from tests.fixtures import fleet
 
 

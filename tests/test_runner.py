@@ -7,7 +7,7 @@ import pytest
 
 from fleet.transport.base import ConnectOptions
 from fleet.errors import InputError
-from fleet.inventory.files import Host
+from fleet.inventory.model import Host
 from fleet.engine.roles import HostPlan
 from fleet.engine.runner import RunOptions, parse_max_fail, run_fleet
 

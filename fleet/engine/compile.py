@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fleet.errors import InputError, InputErrors
 from fleet.engine.git import RefResolver
-from fleet.inventory.files import Inventory
+from fleet.inventory.model import Inventory
 from fleet.engine.roles import HostPlan, RoleContext, RoleSet, Templates
 from fleet.engine.secrets import CourseSecrets, Masker
 from fleet.engine.steps import Handler, Step, Verify

@@ -8,7 +8,7 @@ from fleet.transport.base import ConnectOptions, Unreachable
 
 from fleet.transport.connection import connect
 from fleet.engine.facts import Fact
-from fleet.inventory.files import Host
+from fleet.inventory.model import Host
 from fleet.engine.remote import Probe
 
 

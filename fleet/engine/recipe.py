@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import InputError
-from fleet.inventory.files import Inventory
+from fleet.inventory.model import Inventory
 from fleet.engine.roles import ENGINE_DEFAULTS, PROJECT, TEMPLATES_DIR, RoleSet
 from fleet.inventory.variables import merge
 

@@ -10,18 +10,13 @@ and refused with the command that converts it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
-
-from fleet.inventory import hostrange
-
-from fleet.inventory import settings
-
-from fleet.inventory import varsdirs
+from typing import Any
 
 from fleet import yamlfile
 from fleet.errors import InputError
+from fleet.inventory import hostrange, settings, varsdirs
+from fleet.inventory.model import Group, Host, Inventory, Level
 from fleet.inventory.settings import Setting
 
 NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"}
@@ -85,81 +80,6 @@ RESERVED_GROUPS = {"all", "ungrouped"}
 COURSE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 INI_SECTION = re.compile(r"^\s*\[[^\]\s]+\]\s*([#;].*)?$", re.M)
 INI_HOST_LINE = re.compile(r"^\S+(\s+\w+=\S*)+\s*$", re.M)
-
-
-@dataclass
-class Host:
-    name: str
-    address: str
-    user: str | None = None
-    port: int | None = None
-    key: str | None = None
-    vars: dict[str, Any] = field(default_factory=dict)
-    groups: list[str] = field(default_factory=list)  # every group it belongs to, parents first
-    sudo_password: str | None = field(default=None, repr=False)
-    given: dict[str, Setting] = field(default_factory=dict, repr=False)     # settings at the host's own level
-    settings: dict[str, Setting] = field(default_factory=dict, repr=False)  # resolved over every level
-    origins: dict[str, Setting] = field(default_factory=dict, repr=False)   # field -> the setting used
-
-
-@dataclass
-class Group:
-    name: str
-    hosts: list[str] = field(default_factory=list)
-    children: list[str] = field(default_factory=list)
-    vars: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Setting] = field(default_factory=dict)
-    priority: int = 1                # ansible_group_priority: orders groups of one depth before their name
-
-
-class Level(NamedTuple):
-    """One place a host's variables and settings come from, lowest precedence first."""
-    label: str
-    vars: dict[str, Any]
-    settings: dict[str, Setting]
-
-
-@dataclass
-class Inventory:
-    name: str
-    source: str
-    vars: dict[str, Any] = field(default_factory=dict)
-    hosts: dict[str, Host] = field(default_factory=dict)
-    groups: dict[str, Group] = field(default_factory=dict)
-    settings: dict[str, Setting] = field(default_factory=dict)
-    files: dict[tuple[str, str], list[Level]] = field(default_factory=dict)  # (group_vars|host_vars, name)
-    unused: dict[str, str] = field(default_factory=dict)  # ansible_* keys Fleet has no use for -> first source
-
-    def levels(self, host: Host) -> list[Level]:
-        """Ansible's order: inventory-file vars of all, then of the groups (parents first); then
-        group_vars/all, group_vars/<group>; then the host's own vars, then host_vars/<host>."""
-        src = self.source
-        levels = [Level(f"{src}: vars", self.vars, self.settings)]
-        levels += [Level(f"{src}: groups.{g}.vars", self.groups[g].vars, self.groups[g].settings) for g in host.groups]
-        levels += self.files.get(("group_vars", "all"), [])
-        for group in host.groups or ["ungrouped"]:
-            levels += self.files.get(("group_vars", group), [])
-        levels.append(Level(f"{src}: hosts.{host.name}.vars", host.vars, host.given))
-        levels += self.files.get(("host_vars", host.name), [])
-        return levels
-
-    def group_hosts(self, group: str) -> list[str]:
-        """Every host in a group, its children included."""
-        seen: list[str] = []
-        for name in self._closure(group):
-            for host in self.groups[name].hosts:
-                if host not in seen:
-                    seen.append(host)
-        return seen
-
-    def _closure(self, group: str) -> list[str]:
-        order, stack = [], [group]
-        while stack:
-            name = stack.pop()
-            if name not in order:
-                order.append(name)
-                stack.extend(reversed(self.groups[name].children))
-        return order
 
 
 def load(path: str | Path) -> Inventory:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from fleet.errors import InputError
-from fleet.inventory.files import Inventory
+from fleet.inventory.model import Inventory
 
 GLOB_CHARS = set("*?[")
 

@@ -18,7 +18,7 @@ from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.nativetypes import NativeEnvironment
 
 from fleet.errors import InputError
-from fleet.inventory.files import Host, Inventory
+from fleet.inventory.model import Host, Inventory
 
 
 @dataclass(frozen=True)

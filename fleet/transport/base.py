@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fleet.errors import FleetError
-from fleet.inventory.files import Host
+from fleet.inventory.model import Host
 
 PERSIST_DEFAULT_S = 300
 

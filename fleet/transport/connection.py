@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fleet.inventory.files import Host
+from fleet.inventory.model import Host
 from fleet.transport.base import Connection, ConnectOptions, persist_seconds
 
 

@@ -17,7 +17,7 @@ import paramiko
 from fabric import Config, Connection
 
 from fleet.transport.base import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
-from fleet.inventory.files import Host
+from fleet.inventory.model import Host
 
 _known_hosts_lock = threading.Lock()
 # The password is stdin's first line. sudo reads it only when it asks (not under NOPASSWD, nor

@@ -7,6 +7,10 @@ with a reason and advice *before* anything is installed.
 
 Standard library only (not even `packaging`): `scripts/gpu-check` imports this module on
 bare GPU machines that have nothing but Python.
+
+Longer than 400 lines: gpu-check loads this one file by its path (a bare machine cannot import
+the role's package, whose __init__ needs the engine), so the probe, the wheel table and the
+choice stay in one standard-library module.
 """
 from __future__ import annotations
 
