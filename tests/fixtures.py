@@ -150,3 +150,17 @@ def sh(host, command: str, check: bool = True):
     import shlex
 
     return host.run("sudo -n bash -c " + shlex.quote(command), check=check)
+
+
+def as_root(host, command: str) -> str:
+    """Over a root login, so that killing or counting `ubuntu`'s sessions leaves this one alone."""
+    argv = host.ssh_command(command)
+    argv[-2] = f"root@{host.address}"
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def sshd_logins(host, user: str = "ubuntu") -> int:
+    """Logins of `user` in the host's sshd log."""
+    time.sleep(0.5)  # journald may lag behind sshd by a moment
+    out = as_root(host, f"journalctl -q -u ssh --no-pager | grep -c 'Accepted publickey for {user}' || true")
+    return int(out.strip() or 0)

@@ -6,25 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.fixtures import fleet
+from tests.fixtures import as_root, fleet, sshd_logins
 
 pytestmark = pytest.mark.hosts
-
-
-def as_root(host, command: str) -> str:
-    """Over a root login, so that counting `ubuntu`'s logins counts only Fleet's."""
-    import subprocess
-
-    argv = host.ssh_command(command)
-    argv[-2] = f"root@{host.address}"
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-
-
-def ubuntu_logins(host) -> int:
-    import time
-
-    time.sleep(0.5)  # journald may lag behind sshd by a moment
-    return int(as_root(host, "journalctl -q -u ssh --no-pager | grep -c 'Accepted publickey for ubuntu' || true").strip())
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +42,7 @@ def test_connection_settings_at_all_and_group_level_provision_two_hosts(two_host
     assert "all.children.lab.vars.ansible_port" in shown.output
     assert f"host_vars/{first.name}.yml" in shown.output
 
-    before = {host.name: ubuntu_logins(host) for host in two_hosts}
+    before = {host.name: sshd_logins(host) for host in two_hosts}
     run = fleet("provision", "--verbose", state=state, inventory=inventory, roles_path=True)
     assert run.rc == 0, run.output
     listed = [line for line in run.output.splitlines() if "ansible_python_interpreter" in line]
@@ -67,7 +51,7 @@ def test_connection_settings_at_all_and_group_level_provision_two_hosts(two_host
         assert run.report["hosts"][host.name]["status"] == "changed"
         # The effect is on the host itself, and the login was the inventory's user.
         assert as_root(host, "cat /srv/faults/after") == "after 1\n"
-        assert ubuntu_logins(host) > before[host.name]
+        assert sshd_logins(host) > before[host.name]
 
     again = fleet("provision", state=state, inventory=inventory, roles_path=True)
     assert again.rc == 0, again.output

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fleet.testhosts import hosts as testhosts
-from tests.fixtures import changed_steps, fleet, git_server, sh  # noqa: F401 (fixture)
+from tests.fixtures import as_root, changed_steps, fleet, git_server, sh, sshd_logins  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.hosts
 
@@ -48,7 +48,7 @@ def test_first_run_converges_every_host(lab):
 def test_second_run_changes_nothing_with_one_command_on_the_kept_connection(lab):
     hosts, state, inventory, first = lab
     assert all(first.report["hosts"][h.name]["connections"] == 1 for h in hosts)   # the first run logged in
-    logins_before = {h.name: _sshd_logins(h) for h in hosts}
+    logins_before = {h.name: sshd_logins(h) for h in hosts}
     again = fleet("provision", state=state, inventory=inventory, roles_path=True)
     assert again.rc == 0, again.output
     for host in hosts:
@@ -58,24 +58,24 @@ def test_second_run_changes_nothing_with_one_command_on_the_kept_connection(lab)
         assert result["handlers"] == []
         assert result["connections"] == 0 and result["commands"] == 1
         # Counted on the host too: no new login during the run.
-        assert _sshd_logins(host) == logins_before[host.name]
+        assert sshd_logins(host) == logins_before[host.name]
 
 
 def test_without_keeping_each_run_logs_in_once_per_host(lab):
     hosts, state, inventory, _ = lab
-    logins_before = {h.name: _sshd_logins(h) for h in hosts}
+    logins_before = {h.name: sshd_logins(h) for h in hosts}
     run = fleet("provision", state=state, inventory=inventory, roles_path=True, env={"FLEET_SSH_PERSIST": "0"})
     assert run.rc == 0, run.output
     for host in hosts:
         result = run.report["hosts"][host.name]
         assert result["status"] == "ok" and result["connections"] == 1 and result["commands"] == 1, result
-        assert _sshd_logins(host) - logins_before[host.name] == 1
+        assert sshd_logins(host) - logins_before[host.name] == 1
 
 
 def test_a_kept_connection_that_died_is_replaced(lab):
     hosts, state, inventory, _ = lab
     victim = hosts[0]
-    _as_root(victim, "pkill -KILL -f '^sshd: [u]buntu' || true")   # as a reboot or a network change would
+    as_root(victim, "pkill -KILL -f '^sshd: [u]buntu' || true")   # as a reboot or a network change would
     run = fleet("provision", state=state, inventory=inventory, roles_path=True)
     assert run.rc == 0, run.output
     assert {h.name: run.report["hosts"][h.name]["connections"] for h in hosts} == {
@@ -91,24 +91,6 @@ def test_disconnect_closes_the_kept_connections(lab):
     run = fleet("provision", state=state, inventory=inventory, roles_path=True)
     assert run.rc == 0, run.output
     assert all(run.report["hosts"][h.name]["connections"] == 1 for h in hosts)
-
-
-def _as_root(host, command: str) -> str:
-    """Over a root login, so that killing or counting `ubuntu`'s sessions leaves this one alone."""
-    import subprocess
-
-    argv = host.ssh_command(command)
-    argv[-2] = f"root@{host.address}"
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-
-
-def _sshd_logins(host) -> int:
-    """Logins of `ubuntu` in sshd's log."""
-    import time
-
-    time.sleep(0.5)  # journald may lag behind sshd by a moment
-    out = _as_root(host, "journalctl -q -u ssh --no-pager | grep -c 'Accepted publickey for ubuntu' || true")
-    return int(out.strip() or 0)
 
 
 def test_drift_on_one_host_is_reported_by_check_and_repaired(lab):
