@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.transport import keeper
+from fleet.transport import keeper, keeperd, wire
 from fleet.transport.base import ConnectOptions, Unreachable
 from fleet.transport.connection import connect
 from fleet.errors import FleetError
@@ -106,8 +106,8 @@ def test_it_exits_by_itself(state, ending):
 def test_a_keeper_running_older_code_is_retired(state, monkeypatch):
     import threading
 
-    monkeypatch.setattr(keeper, "VERSION", "older-code")      # an old keeper, in this process
-    old = keeper.Keeper(keeper.socket_path(state), state, persist=60)
+    monkeypatch.setattr(keeperd, "VERSION", "older-code")     # an old keeper, in this process
+    old = keeperd.Keeper(keeper.socket_path(state), state, persist=60)
     thread = threading.Thread(target=old.serve, daemon=True)
     thread.start()
     assert _gone_or_up(keeper.socket_path(state))
@@ -138,7 +138,7 @@ def test_unknown_requests_get_an_error_not_a_crash(state):
 
 
 def test_a_socket_folder_others_can_enter_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(keeper.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(wire.tempfile, "gettempdir", lambda: str(tmp_path))
     folder = tmp_path / f"jupyter-fleet-{os.getuid()}"
     folder.mkdir(mode=0o755)
     folder.chmod(0o755)
@@ -281,8 +281,8 @@ def test_a_command_that_reaches_a_retiring_keeper_moves_to_a_new_one(state, sshd
 
 
 def test_a_retired_keeper_finishes_the_scripts_it_runs(state, sshd, tmp_path, monkeypatch):
-    monkeypatch.setattr(keeper, "VERSION", "older-code")      # an old keeper, in this process
-    old = keeper.Keeper(keeper.socket_path(state), state, persist=60)
+    monkeypatch.setattr(keeperd, "VERSION", "older-code")     # an old keeper, in this process
+    old = keeperd.Keeper(keeper.socket_path(state), state, persist=60)
     serving = threading.Thread(target=old.serve, daemon=True)
     serving.start()
     assert _gone_or_up(keeper.socket_path(state))
@@ -309,14 +309,14 @@ def test_the_keeper_answers_exit_before_it_ends(state, monkeypatch):
     """The keeper must not end while a reply is on its way (issue 12's flaky `stop() == 0`):
     here the reply to `exit` is held back until the test lets it go."""
     release = threading.Event()
-    real_send = keeper._send
+    real_send = keeperd._send
 
     def slow_send(sock, message):
         if "closed" in message:          # the keeper's answer to exit
             release.wait(30)
         real_send(sock, message)
-    monkeypatch.setattr(keeper, "_send", slow_send)
-    serving_keeper = keeper.Keeper(keeper.socket_path(state), state, persist=60)
+    monkeypatch.setattr(keeperd, "_send", slow_send)
+    serving_keeper = keeperd.Keeper(keeper.socket_path(state), state, persist=60)
     serving = threading.Thread(target=serving_keeper.serve, daemon=True)
     serving.start()
     assert _gone_or_up(keeper.socket_path(state))
@@ -336,18 +336,18 @@ def test_the_version_covers_every_module_the_keeper_runs(tmp_path):
     """Changing any module of the package that the keeper imports retires running keepers."""
     root = Path(__file__).resolve().parent.parent
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, fleet.transport.keeper, fleet.transport.ssh; "
+        [sys.executable, "-c", "import sys, fleet.transport.keeperd; "
          "print('\\n'.join(sorted(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'fleet')))"],
         cwd=root, capture_output=True, text=True, check=True).stdout.split()
     copy = tmp_path / "copy"
     shutil.copytree(root / "fleet", copy / "fleet", ignore=shutil.ignore_patterns("__pycache__"))
     relative = [str(Path(m).relative_to(root)) for m in loaded]
     # In a copy of the package: change each module in turn; does the keeper's VERSION change?
-    probe = ("import importlib, sys; from pathlib import Path; from fleet.transport import keeper\n"
-             "before = keeper.VERSION\n"
+    probe = ("import importlib, sys; from pathlib import Path; from fleet.transport import wire\n"
+             "before = wire.VERSION\n"
              "for name in sys.argv[1:]:\n"
              "    Path(name).write_text(Path(name).read_text() + '\\n# changed\\n')\n"
-             "    after = importlib.reload(keeper).VERSION\n"
+             "    after = importlib.reload(wire).VERSION\n"
              "    print(name, after != before)\n"
              "    before = after\n")
     out = subprocess.run([sys.executable, "-B", "-c", probe, *relative], cwd=copy, capture_output=True, text=True,

@@ -11,23 +11,17 @@ finish before their connections close (see Keeper). A sudo password travels with
 never stored. A connection opened once is trusted as long as it stays open: its host key was
 checked against known_hosts when it was opened, and a rebuilt host drops it.
 
-Longer than 400 lines: both ends of one versioned wire protocol, the client a command uses
-(KeptConnection) and the daemon (Keeper), are kept side by side so that they cannot drift
-apart; the next split would be client / daemon / wire format.
+This module is the client side a command uses (KeptConnection, disconnect, stop); the daemon
+is fleet/transport/keeperd.py, and what both must agree on (messages, where the socket lives,
+the code version) is fleet/transport/wire.py.
 """
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
-import signal
 import socket
-import stat
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -35,65 +29,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from fleet.transport.base import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
+from fleet.transport.base import ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
 from fleet.errors import FleetError
 from fleet.inventory.model import Host
 
-PACKAGE = Path(__file__).resolve().parent.parent   # fleet/
-# A keeper started by older code is retired: client and keeper must run the same code. These are
-# the package's modules the keeper process imports (tests/test_keeper.py checks the list against
-# what importing keeper and ssh loads); a plain list, since every command computes the hash.
-SERVED_BY = ("__init__.py", "errors.py", "inventory/__init__.py", "inventory/model.py", "inventory/settings.py",
-             "transport/__init__.py", "transport/base.py", "transport/keeper.py", "transport/ssh.py")
-VERSION = hashlib.sha256(b"".join(name.encode() + b"\0" + (PACKAGE / name).read_bytes() + b"\0"
-                                  for name in SERVED_BY)).hexdigest()[:16]
-START_TIMEOUT_S = 15
 
-
-# --------------------------------------------------------------------------- wire format
-# Each message is a 4-byte length and a JSON object.
-
-def _send(sock: socket.socket, message: dict[str, Any]) -> None:
-    data = json.dumps(message).encode()
-    sock.sendall(struct.pack("!I", len(data)) + data)
-
-
-def _recv(sock: socket.socket) -> dict[str, Any] | None:
-    header = _read_exactly(sock, 4)
-    if header is None:
-        return None
-    body = _read_exactly(sock, struct.unpack("!I", header)[0])
-    return None if body is None else json.loads(body)
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
-    chunks, left = [], size
-    while left:
-        chunk = sock.recv(min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-# --------------------------------------------------------------------------- where it listens
-
-def _run_dir() -> Path:
-    folder = Path(tempfile.gettempdir()) / f"jupyter-fleet-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise FleetError(f"{folder}: expected a folder of yours with mode 0700 (it holds the SSH keeper's "
-                         f"socket); remove it, or set FLEET_SSH_PERSIST=0")
-    return folder
-
-
-def socket_path(state_dir: Path) -> Path:
-    # Named after the state folder (its path may be too long for a socket address).
-    key = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:20]
-    return _run_dir() / f"keeper-{key}.sock"
-
+from fleet.transport.wire import PACKAGE, START_TIMEOUT_S, VERSION, _recv, _run_dir, _send, socket_path
 
 # --------------------------------------------------------------------------- the client side
 
@@ -226,7 +167,7 @@ def _start(path: Path, state_dir: Path, persist: int) -> socket.socket:
     with open(log, "ab") as out:
         os.chmod(log, 0o600)
         # The keeper forks itself away at once; waiting here reaps the first process.
-        subprocess.run([sys.executable, "-m", "fleet.transport.keeper", str(path), str(state_dir), str(persist)],
+        subprocess.run([sys.executable, "-m", "fleet.transport.keeperd", str(path), str(state_dir), str(persist)],
                        cwd=PACKAGE.parent, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                        start_new_session=True, check=False)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -307,255 +248,3 @@ def stop_all_under(folder: Path) -> list[str]:
             except OSError:
                 continue
     return stopped
-
-
-# --------------------------------------------------------------------------- the keeper itself
-
-class _Slot:
-    """One host's kept connection; its lock makes concurrent askers share one login. `users`:
-    the commands that opened it and have not closed yet (a retiring keeper keeps it for them)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.conn: Any = None
-        self.users = 0
-
-
-class _Session:
-    """One command's socket to the keeper, for one host."""
-
-    def __init__(self) -> None:
-        self.host: Host | None = None
-        self.options: ConnectOptions | None = None
-        self.slot: _Slot | None = None
-
-
-class Keeper:
-    """Its life: serving; then retiring (told to exit, replaced by newer code, its socket taken
-    over or its state folder gone), when it stops listening, closes the connections no command
-    uses and refuses new hosts, while the scripts of commands that opened a connection before
-    finish; then it exits, once the last command has closed its socket. An idle keeper (no
-    command connected for FLEET_SSH_PERSIST s) exits too. Only SIGTERM ends it at once."""
-
-    def __init__(self, path: Path, state_dir: Path, persist: int) -> None:
-        self.path, self.state_dir, self.persist = path, state_dir, persist
-        self.version = VERSION          # of the code it started with
-        self.slots: dict[tuple, _Slot] = {}
-        self.lock = threading.Lock()    # guards slots, users, clients, retiring
-        self.clients = 0                # commands connected now: a keeper with one is never idle
-        self.last_used = time.monotonic()
-        self.retiring = False
-        self.stopping = threading.Event()
-        self.inode = 0
-
-    def serve(self) -> None:
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Listen under a temporary name, then rename: a client never meets a dead socket file.
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        server.bind(str(tmp))
-        os.chmod(tmp, 0o600)
-        server.listen(128)
-        os.replace(tmp, self.path)
-        inode = self.inode = self.path.stat().st_ino
-        server.settimeout(1.0)
-        log(f"keeper {os.getpid()} for {self.state_dir}: keeps connections {self.persist} s after last use")
-        try:
-            while not self.stopping.is_set():
-                try:
-                    client, _ = server.accept()
-                except socket.timeout:
-                    self._check(inode)
-                    continue
-                with self.lock:
-                    self.clients += 1   # counted before its thread runs: no idle exit in between
-                threading.Thread(target=self._serve_client, args=(client,), daemon=True).start()
-        finally:
-            self._unlisten()   # first: a command arriving now starts another keeper, not a dead queue
-            server.close()
-            self._close_all()
-
-    def _check(self, inode: int) -> None:
-        """Once a second: exit when idle, retire when the keeper's place is gone."""
-        with self.lock:
-            idle = self.clients == 0 and time.monotonic() - self.last_used > self.persist
-        if idle:
-            log(f"keeper {os.getpid()} exits: idle for {self.persist} s")
-            self.stopping.set()
-            return
-        if self.retiring:
-            return
-        reason = None
-        if not self.state_dir.is_dir():
-            reason = "its state folder is gone"
-        else:
-            try:
-                if self.path.stat().st_ino != inode:
-                    reason = "another keeper took over its socket"
-            except OSError:
-                reason = "its socket is gone"
-        if reason:
-            self._retire(reason)
-
-    def _retire(self, reason: str) -> dict[str, int]:
-        """Stop listening, close what no command uses, let the rest finish (see the class)."""
-        self._unlisten()
-        with self.lock:
-            first = not self.retiring
-            self.retiring = True
-            idle = [slot for slot in self.slots.values() if slot.users == 0 and slot.conn is not None]
-            in_use = sum(1 for slot in self.slots.values() if slot.users and slot.conn is not None and slot.conn.alive)
-            if self.clients == 0:
-                self.stopping.set()
-        if first:
-            log(f"keeper {os.getpid()} retires: {reason}; {in_use} connection(s) in use finish first")
-        return {"closed": sum(self._close(slot) for slot in idle), "in_use": in_use}
-
-    def _unlisten(self) -> None:
-        try:
-            if self.path.stat().st_ino == self.inode:
-                self.path.unlink()
-        except OSError:
-            pass
-
-    @staticmethod
-    def _close(slot: _Slot) -> int:
-        with slot.lock:
-            conn, slot.conn = slot.conn, None
-        if conn is None:
-            return 0
-        alive = int(conn.alive)
-        conn.close()
-        return alive
-
-    def _close_all(self) -> int:
-        with self.lock:
-            slots = list(self.slots.values())
-        return sum(self._close(slot) for slot in slots)
-
-    def _serve_client(self, client: socket.socket) -> None:
-        session = _Session()
-        try:
-            with client:
-                creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-                if struct.unpack("3i", creds)[1] != os.getuid():
-                    return  # only the user who owns the connections may use them
-                while (request := _recv(client)) is not None:
-                    reply = self._handle(request, session)
-                    _send(client, reply)   # the keeper does not end before this is sent
-                    if request.get("op") == "exit":
-                        return
-        except OSError:
-            pass  # the command went away; its script (if any) has finished or goes on alone
-        finally:
-            self._session_ended(session)
-
-    def _session_ended(self, session: _Session) -> None:
-        with self.lock:
-            slot, session.slot = session.slot, None
-            last_user = slot is not None and slot.users == 1
-            if slot is not None:
-                slot.users -= 1
-            self.clients -= 1
-            self.last_used = time.monotonic()
-            retiring, none_left = self.retiring, self.clients == 0
-        if retiring and last_user:
-            self._close(slot)
-        if retiring and none_left:
-            self.stopping.set()
-
-    def _handle(self, request: dict[str, Any], session: _Session) -> dict[str, Any]:
-        op = request.get("op")
-        if op == "hello":
-            return {"version": self.version, "state_dir": str(self.state_dir), "pid": os.getpid()}
-        if op == "exit":
-            # Before answering: the next command must not find this keeper.
-            return self._retire("told to exit")
-        try:
-            if op == "open":
-                host = Host(**request["host"])
-                fields = request["options"]
-                options = ConnectOptions(**(fields | {"known_hosts": Path(fields["known_hosts"])}))
-                slot = self._reserve(session, host, options)
-                if slot is None:
-                    return {"error": "retiring", "message": "the SSH keeper is retiring; another one takes over"}
-                _, new = self._connection(host, options)
-                return {"new": new}
-            if op == "run" and session.host is not None:
-                return self._run((session.host, session.options), request)
-            return {"error": "protocol", "message": f"unexpected request {op!r}"}
-        except HostKeyChanged as exc:
-            return {"error": "hostkey", "message": str(exc)}
-        except ConnectionCut as exc:
-            return {"error": "cut", "message": str(exc), "output": exc.output}
-        except Unreachable as exc:
-            return {"error": "unreachable", "message": str(exc)}
-        except Exception as exc:  # a bug must reach the user as this host's error, not kill the keeper
-            return {"error": "keeper", "message": f"{exc.__class__.__name__}: {exc}"}
-
-    @staticmethod
-    def _key(host: Host, options: ConnectOptions) -> tuple:
-        return (host.address, host.port, host.user, host.key, str(options.known_hosts), options.strict_host_keys)
-
-    def _reserve(self, session: _Session, host: Host, options: ConnectOptions) -> _Slot | None:
-        """Make this session a user of the host's slot, unless the keeper retires (None)."""
-        with self.lock:
-            if self.retiring:
-                return None
-            slot = self.slots.setdefault(self._key(host, options), _Slot())
-            if session.slot is not slot:
-                if session.slot is not None:
-                    session.slot.users -= 1
-                slot.users += 1
-            session.host, session.options, session.slot = host, options, slot
-            return slot
-
-    def _connection(self, host: Host, options: ConnectOptions, dead: Any = None) -> tuple[Any, bool]:
-        """The host's open connection, or a new login (True) when there is none or it died."""
-        from fleet.transport.ssh import SSHConnection
-
-        with self.lock:
-            slot = self.slots.setdefault(self._key(host, options), _Slot())
-        with slot.lock:
-            if slot.conn is not None and slot.conn is not dead and slot.conn.alive:
-                return slot.conn, False
-            if slot.conn is not None:
-                slot.conn.close()
-                slot.conn = None
-            conn = SSHConnection(host, options)
-            conn.open()
-            slot.conn = conn
-            return conn, True
-
-    def _run(self, current: tuple[Host, ConnectOptions], request: dict[str, Any]) -> dict[str, Any]:
-        host, options = current
-        conn, new = self._connection(host, options)
-        try:
-            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"))
-        except ChannelRefused:
-            # The kept connection died since (host rebooted, network changed): nothing ran, so
-            # log in again and run it once more.
-            conn, new = self._connection(host, options, dead=conn)
-            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"))
-        return {"status": status, "output": output, "new": new}
-
-
-def log(message: str) -> None:
-    print(time.strftime("%Y-%m-%d %H:%M:%S"), message, file=sys.stderr, flush=True)
-
-
-def main(argv: list[str]) -> int:
-    path, state_dir, persist = Path(argv[0]), Path(argv[1]), int(argv[2])
-    if os.fork():
-        os._exit(0)  # the starting command waits only for this first process
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    keeper = Keeper(path, state_dir, persist)
-    signal.signal(signal.SIGTERM, lambda *_: keeper.stopping.set())
-    os.chdir("/")
-    keeper.serve()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
