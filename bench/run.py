@@ -10,6 +10,7 @@ enabled, running and restarted on change; a git repo served from the controller 
 from __future__ import annotations
 
 import compileall
+import contextlib
 import json
 import os
 import statistics
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 from rich.console import Console
@@ -146,18 +148,30 @@ def per_host(report: dict, key: str) -> float:
     return max(values) if values else 0
 
 
-def measure(n: int, url: str, workdir: Path) -> dict:
-    state = workdir / f"state-{n}"
+@contextlib.contextmanager
+def provisioned(n: int, url: str, workdir: Path, label: str, layer: Path | None = None) -> Iterator[tuple]:
+    """n hosts booted (from `layer`, if given) and provisioned cold: (hosts, state, inventory,
+    boot seconds, the cold run); torn down, their keeper stopped, afterwards."""
+    state = workdir / f"state-{label}"
     state.mkdir()
     inventory = state / "bench.yml"
     t0 = time.perf_counter()
-    hosts = testhosts.boot(n)
+    hosts = testhosts.boot(n, layer=layer)
     boot_s = time.perf_counter() - t0
     try:
         write_inventory(hosts, inventory, url)
         cold = provision(state, inventory)
         if cold["rc"] != 0:
-            raise SystemExit(f"cold provision failed:\n{cold['output'][-3000:]}")
+            raise SystemExit(f"cold provision ({label}) failed:\n{cold['output'][-3000:]}")
+        yield hosts, state, inventory, boot_s, cold
+    finally:
+        from fleet.transport import keeper
+        keeper.stop(state)
+        testhosts.teardown(hosts)
+
+
+def measure(n: int, url: str, workdir: Path) -> dict:
+    with provisioned(n, url, workdir, str(n)) as (hosts, state, inventory, boot_s, cold):
         slowest = max(cold["report"]["hosts"].values(), key=lambda h: h["seconds"])
         settle_s = wait_until_quiet()
         noops = [provision(state, inventory) for _ in range(3)]
@@ -187,10 +201,6 @@ def measure(n: int, url: str, workdir: Path) -> dict:
             result["controller_peak_mib"] = round(peak_rss_mib(state, inventory), 1)
             result["keeper_peak_mib"] = round(keeper_peak_mib(state), 1)
         return result
-    finally:
-        from fleet.transport import keeper
-        keeper.stop(state)
-        testhosts.teardown(hosts)
 
 
 def bake(url: str, workdir: Path) -> tuple[Path, dict]:
@@ -216,27 +226,13 @@ def bake(url: str, workdir: Path) -> tuple[Path, dict]:
 
 def measure_baked(n: int, url: str, workdir: Path, layer: Path) -> dict:
     """Cold provision of n hosts booted from the baked layer: only per-host values are left to do."""
-    state = workdir / f"state-baked-{n}"
-    state.mkdir()
-    inventory = state / "bench.yml"
-    t0 = time.perf_counter()
-    hosts = testhosts.boot(n, layer=layer)
-    boot_s = time.perf_counter() - t0
-    try:
-        write_inventory(hosts, inventory, url)
-        cold = provision(state, inventory)
-        if cold["rc"] != 0:
-            raise SystemExit(f"cold provision from the baked image failed:\n{cold['output'][-3000:]}")
+    with provisioned(n, url, workdir, f"baked-{n}", layer) as (hosts, state, inventory, boot_s, cold):
         reports = cold["report"]["hosts"].values()
         changed = {step["name"] for r in reports for step in r["steps"] if step["status"] == "changed"}
         slowest = max(reports, key=lambda h: h["seconds"])
         return {"hosts": n, "boot_s": round(boot_s, 2), "cold_s": round(cold["wall"], 1),
                 "ready_s": round(boot_s + cold["wall"], 1), "cpu_s": round(cold["cpu"], 1),
                 "changed_steps": sorted(changed), "slowest_host_steps": slowest_steps(slowest, 3)}
-    finally:
-        from fleet.transport import keeper
-        keeper.stop(state)
-        testhosts.teardown(hosts)
 
 
 def drift(hosts, state: Path, inventory: Path) -> dict:
