@@ -113,7 +113,7 @@ def fleet(*args: str, state: Path, inventory: Path | None = None, roles_path: bo
         argv += ["--inventory", str(inventory)]
     environment = dict(os.environ, FLEET_STATE_DIR=str(state), COLUMNS="200", **(env or {}))
     if roles_path:
-        environment["FLEET_ROLES_PATH"] = str(PROJECT / "tests" / "roles")
+        environment["FLEET_ROLES_PATH"] = str(PROJECT / "tests" / "site_roles")
     proc = subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, timeout=timeout, env=environment,
                           stdin=subprocess.DEVNULL)
     data = json.loads(report.read_text()) if report.exists() else {}
@@ -126,7 +126,7 @@ def start_fleet(*args: str, state: Path, inventory: Path, roles_path: bool = Tru
     argv = [sys.executable, "-m", "invoke", *args, "--json", str(report), "--inventory", str(inventory)]
     environment = dict(os.environ, FLEET_STATE_DIR=str(state), COLUMNS="200")
     if roles_path:
-        environment["FLEET_ROLES_PATH"] = str(PROJECT / "tests" / "roles")
+        environment["FLEET_ROLES_PATH"] = str(PROJECT / "tests" / "site_roles")
     proc = subprocess.Popen(argv, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=environment, stdin=subprocess.DEVNULL)
     return proc, report

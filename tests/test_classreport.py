@@ -183,7 +183,7 @@ def test_last_provision_is_recorded_per_host(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ AWS courses, against moto over HTTP
 
-from tests.test_cloud import CIDR, aws, ami, moto_url  # noqa: E402,F401 (fixtures)
+from tests.aws.test_cloud import CIDR, aws, ami, moto_url  # noqa: E402,F401 (fixtures)
 
 
 def test_aws_course_shows_instance_state_and_cost(aws, ami, tmp_path, monkeypatch):  # noqa: F811

@@ -18,7 +18,7 @@ from fleet.errors import FleetError
 
 PACKAGE = Path(__file__).resolve().parent.parent   # fleet/
 # A keeper started by older code is retired: client and keeper must run the same code. These are
-# the package's modules the keeper process imports (tests/test_keeper.py checks the list against
+# the package's modules the keeper process imports (tests/transport/test_keeper.py checks the list against
 # what importing the daemon loads); a plain list, since every command computes the hash.
 SERVED_BY = ("__init__.py", "errors.py", "inventory/__init__.py", "inventory/model.py", "inventory/settings.py",
              "transport/__init__.py", "transport/base.py", "transport/keeperd.py", "transport/ssh.py",

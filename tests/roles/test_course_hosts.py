@@ -175,7 +175,7 @@ def test_unreachable_repository_fails_that_item_only(course, git_server):  # noq
     assert sh(hosts[1], "test -d /home/ubuntu/notebooks/course2/.git", check=False).returncode == 0
 
 
-ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parents[2] / "artifacts"
 
 
 def test_jupyterlab_launcher_in_headless_chromium(course):

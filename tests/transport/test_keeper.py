@@ -167,12 +167,12 @@ def test_another_user_cannot_reach_the_socket(state):
 
 
 # --------------------------------------------------------------------------- with real SSH
-# The keeper is its own process; it logs in to a real SSH server on loopback (tests/sshserver.py)
+# The keeper is its own process; it logs in to a real SSH server on loopback (tests/transport/sshserver.py)
 # and runs real scripts. Scripts wait on files, so no test depends on how fast the machine is.
 
 @pytest.fixture
 def sshd(tmp_path: Path):
-    from tests.sshserver import SSHServer
+    from tests.transport.sshserver import SSHServer
 
     folder = tmp_path / "sshd"
     folder.mkdir()
@@ -294,7 +294,7 @@ def test_a_retired_keeper_finishes_the_scripts_it_runs(state, sshd, tmp_path, mo
     # A command running newer code greets it, retires it, starts a new keeper.
     subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from fleet.transport import keeper; "
                     "keeper._keeper_socket(Path(sys.argv[1]), 60).close()", str(state)],
-                   cwd=Path(__file__).resolve().parent.parent, check=True, timeout=60)
+                   cwd=Path(__file__).resolve().parents[2], check=True, timeout=60)
     assert _pid(state) != os.getpid()
     go.touch()
     thread.join(30)
@@ -334,7 +334,7 @@ def test_the_keeper_answers_exit_before_it_ends(state, monkeypatch):
 
 def test_the_version_covers_every_module_the_keeper_runs(tmp_path):
     """Changing any module of the package that the keeper imports retires running keepers."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, fleet.transport.keeperd; "
          "print('\\n'.join(sorted(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'fleet')))"],

@@ -1,4 +1,4 @@
-"""Course images against a moto server over real HTTP (the fixtures of tests/test_cloud.py):
+"""Course images against a moto server over real HTTP (the fixtures of tests/aws/test_cloud.py):
 CreateImage with tags and waiting, launch from the image matching the recipe, a changed recipe
 making it stale (launch falls back to the base AMI and says so), prune, terminate --images,
 and the recipe fingerprint itself (offline)."""
@@ -17,7 +17,7 @@ from fleet.aws import images
 
 from fleet.engine import recipe
 from fleet.inventory import files as inventory_mod
-from tests.test_cloud import CIDR, REGION, REPO, _run_task, ami, aws, moto_url, up  # noqa: F401 (fixtures)
+from tests.aws.test_cloud import CIDR, REGION, REPO, _run_task, ami, aws, moto_url, up  # noqa: F401 (fixtures)
 
 COURSE = "stats"
 RECIPE = {"name": COURSE, "vars": {"roles": ["jupyter", "repos"], "jupyter_extra_packages": ["pandas>=2"]},

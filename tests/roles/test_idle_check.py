@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "roles" / "autostop" / "files" / "fleet-idle-check"
+SCRIPT = Path(__file__).resolve().parents[2] / "roles" / "autostop" / "files" / "fleet-idle-check"
 
 
 def _load():

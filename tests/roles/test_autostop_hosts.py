@@ -22,7 +22,7 @@ from tests.fixtures import changed_steps, fleet, sh
 
 pytestmark = pytest.mark.hosts
 
-SCRIPT = Path(__file__).resolve().parents[1] / "roles" / "autostop" / "files" / "fleet-idle-check"
+SCRIPT = Path(__file__).resolve().parents[2] / "roles" / "autostop" / "files" / "fleet-idle-check"
 MARKER = "/run/fleet-would-poweroff"
 TOKEN_FILE = "/etc/jupyter-fleet/jupyter-token"
 STATE = "/var/lib/jupyter-fleet/idle-state.json"

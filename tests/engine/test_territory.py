@@ -2,7 +2,7 @@
 can move things, and a step in a user's territory runs as that user (here `nobody`).
 
 The adversarial version, with a student attacking a real host during runs, is
-tests/test_untrusted_user_hosts.py."""
+tests/engine/test_untrusted_user_hosts.py."""
 from __future__ import annotations
 
 import os
@@ -129,7 +129,7 @@ def test_user_facts_are_read_as_the_user(place):
 def test_a_user_who_does_not_exist_yet_owns_nothing(place):
     """A first run creates the course user after the probe: their paths and checkouts read as absent."""
     from fleet.engine.git import Git
-    from tests.test_steps import FakeResolver
+    from tests.engine.test_steps import FakeResolver
 
     facts = [path_fact(str(place), user="no-such-student"), path_fact(str(place), True, user="no-such-student"),
              *Git("git://srv/c.git", str(place), "main", user="no-such-student", resolver=FakeResolver()).facts()]

@@ -11,7 +11,7 @@ from roles.mxnet.gpu import GPU_FACT
 from fleet.engine.steps import path_fact, venv_fact
 from roles.mxnet import FrameworkEnv, FrameworkGate, FrameworkInstall
 
-DATA = Path(__file__).parent / "data" / "gpu"
+DATA = Path(__file__).parents[1] / "data" / "gpu"
 VENV = "/opt/jupyter"
 
 

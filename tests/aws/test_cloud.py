@@ -28,7 +28,7 @@ from fleet.aws import cloud
 from fleet.aws import tasks as tasks_cloud
 from fleet.aws.cloud import CloudError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 CIDR = "198.51.100.23/32"
 

@@ -21,7 +21,7 @@ from fleet.inventory import files as inventory
 from fleet.errors import InputError
 from fleet.inventory.variables import inventory_layers, merge
 
-CORPUS = Path(__file__).parent / "data" / "inventories"
+CORPUS = Path(__file__).parents[1] / "data" / "inventories"
 CASES = sorted(p.name for p in CORPUS.iterdir() if p.is_dir())
 
 

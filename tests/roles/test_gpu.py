@@ -24,7 +24,7 @@ from roles.mxnet.gpu import (
     parse_nvcc_version, parse_query_rows, parse_smi_header, readiness_report, split_sections,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "gpu"
 SCRIPT = ROOT / "scripts" / "gpu-check"
 
