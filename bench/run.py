@@ -30,7 +30,7 @@ from fleet.engine import imageprep
 from fleet.testhosts import hosts as testhosts
 from fleet.testhosts import layers
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parent.parent
 # Piped output gets the whole table rather than rich's 80-column default.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
