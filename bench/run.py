@@ -26,7 +26,6 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet.engine import imageprep
-
 from fleet.testhosts import hosts as testhosts
 from fleet.testhosts import layers
 

@@ -11,21 +11,20 @@ from typing import Iterator
 from rich.console import Console
 from rich.table import Table
 
-from fleet.inventory import files as inventory_mod
-from fleet.engine import history
-from fleet.inventory import patterns
-from fleet.engine import state
+from fleet.engine import history, state
 from fleet.engine.compile import compile_plans, host_vars
-from fleet.transport.base import ConnectOptions
-from fleet.errors import InputError
 from fleet.engine.git import RefResolver
-from fleet.inventory.model import Inventory
 from fleet.engine.report import Reporter, console_width, write_json
 from fleet.engine.results import RunResult
 from fleet.engine.roles import PROJECT, RoleSet
 from fleet.engine.runner import RunOptions, Stop, parse_max_fail, run_fleet
 from fleet.engine.secrets import CourseSecrets, Masker
+from fleet.errors import InputError
+from fleet.inventory import files as inventory_mod
+from fleet.inventory import patterns
+from fleet.inventory.model import Inventory
 from fleet.inventory.variables import parse_set
+from fleet.transport.base import ConnectOptions
 
 console = Console(highlight=False, width=console_width())
 

@@ -23,12 +23,13 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from rich.console import Console
 
 from fleet.engine import history
-from fleet.engine.drift import compact, groups as drift_groups
-from fleet.errors import InputError
+from fleet.engine.drift import compact
+from fleet.engine.drift import groups as drift_groups
 from fleet.engine.facts import Fact
-from roles.mxnet.gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
 from fleet.engine.roles import PROJECT
+from fleet.errors import InputError
 from fleet.shell import q
+from roles.mxnet.gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
 
 TEMPLATE = "class_report.html.j2"
 STATUSES = ("ok", "changed", "drift", "failed", "unreachable", "interrupted", "skipped", "not in run")

@@ -12,8 +12,8 @@ from invoke import Exit
 from rich.table import Table
 
 from fleet import access, app, atomic
-from fleet.errors import FleetError, InputError
 from fleet.engine.results import EXIT_INPUT
+from fleet.errors import FleetError, InputError
 
 console = app.console
 
@@ -101,8 +101,8 @@ def handout(hosts: str, inventory: str | None, fmt: str, output: str | None) -> 
 
 @user_errors
 def gpus(hosts: str, inventory: str | None, insecure_host_keys: bool = False) -> None:
-    from roles.mxnet.gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
     from fleet.engine.hostfacts import gather
+    from roles.mxnet.gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
 
     session = app.Session.open(inventory)
     names = session.select(hosts)
@@ -155,8 +155,8 @@ def demo(count: int, keep: bool) -> None:
 
 @user_errors
 def disconnect() -> None:
-    from fleet.transport.keeper import disconnect as retire
     from fleet.engine.state import state_dir
+    from fleet.transport.keeper import disconnect as retire
 
     reply = retire(state_dir())
     if reply is None:
@@ -170,9 +170,9 @@ def disconnect() -> None:
 
 
 def demo_down() -> None:
+    from fleet.engine.state import state_dir
     from fleet.testhosts.demo import stop_demo
     from fleet.transport.keeper import stop
-    from fleet.engine.state import state_dir
 
     stop(state_dir())  # its connections led to the demo's hosts
     stop_demo()

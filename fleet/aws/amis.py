@@ -3,12 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import (
-    ClientError,
-)
+from botocore.exceptions import ClientError
 
-from fleet.aws.common import CloudError, DLAMI_NAME_PATTERNS, DLAMI_SSM_PARAMETER, _BOTO_CONFIG
-
+from fleet.aws.common import _BOTO_CONFIG, DLAMI_NAME_PATTERNS, DLAMI_SSM_PARAMETER, CloudError
 
 # ---------------------------------------------------------------------- AMI
 

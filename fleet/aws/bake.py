@@ -16,16 +16,8 @@ from pathlib import Path
 import yaml
 
 from fleet import app
-
-from fleet.aws import cloud
-
-from fleet.aws import images
-
-from fleet.engine import imageprep
-
-from fleet.engine import recipe
-
-from fleet.engine import state
+from fleet.aws import cloud, images
+from fleet.engine import imageprep, recipe, state
 from fleet.errors import FleetError, InputError
 
 

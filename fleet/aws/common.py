@@ -16,17 +16,8 @@ from typing import Any, Iterable, Iterator
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    NoRegionError,
-    PartialCredentialsError,
-    ProfileNotFound,
-    WaiterError,
-)
-
+from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
+                                 NoRegionError, PartialCredentialsError, ProfileNotFound, WaiterError)
 
 PREFIX = "jupyter-fleet"
 MANAGED_TAG = f"{PREFIX}:managed"

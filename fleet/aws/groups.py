@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from fleet.aws.common import CloudError, _tag_spec, group_name
-
 
 # ------------------------------------------------------------- security group
 

@@ -9,18 +9,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import yaml
-from botocore.exceptions import (
-    ClientError,
-)
+from botocore.exceptions import ClientError
 
 from fleet.aws.amis import resolve_ami
-from fleet.aws.common import (ACTIVE_STATES, COURSE_TAG, CloudError, DEFAULT_KEY_DIR, Instance, LaunchResult,
-                              MANAGED_TAG, SLOT_TAG, _aws, _check_course, _ec2, _slot_order, _tag_spec,
-                              caller_public_ip, explain, free_slots, is_gpu_type, key_path, normalize_cidr,
-                              wait_for_ssh)
+from fleet.aws.common import (ACTIVE_STATES, COURSE_TAG, DEFAULT_KEY_DIR, MANAGED_TAG, SLOT_TAG, CloudError, Instance,
+                              LaunchResult, _aws, _check_course, _ec2, _slot_order, _tag_spec, caller_public_ip,
+                              explain, free_slots, is_gpu_type, key_path, normalize_cidr, wait_for_ssh)
 from fleet.aws.groups import ensure_security_group
 from fleet.aws.keys import ensure_key_pair
-
 
 # ------------------------------------------------------------------ instances
 

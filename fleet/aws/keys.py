@@ -6,12 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import (
-    ClientError,
-)
+from botocore.exceptions import ClientError
 
-from fleet.aws.common import CloudError, DEFAULT_KEY_DIR, _tag_spec, key_name, key_path
-
+from fleet.aws.common import DEFAULT_KEY_DIR, CloudError, _tag_spec, key_name, key_path
 
 # ------------------------------------------------------------------- key pair
 

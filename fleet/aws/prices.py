@@ -9,7 +9,7 @@ from typing import Iterable
 
 import yaml
 
-from fleet.aws.common import Instance, PRICES_FILE
+from fleet.aws.common import PRICES_FILE, Instance
 from fleet.aws.instances import course_instances
 
 

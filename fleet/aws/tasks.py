@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.table import Table
 
 
-
 class _LazyCloud:
     """fleet.aws.cloud on first use: boto3 costs ~0.15 s to import, and most commands never touch AWS."""
 

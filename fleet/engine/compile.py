@@ -6,12 +6,12 @@ import os
 from functools import partial
 from pathlib import Path
 
-from fleet.errors import InputError, InputErrors
 from fleet.engine.git import RefResolver
-from fleet.inventory.model import Inventory
 from fleet.engine.roles import HostPlan, RoleContext, RoleSet, Templates
 from fleet.engine.secrets import CourseSecrets, Masker
 from fleet.engine.steps import Handler, Step, Verify
+from fleet.errors import InputError, InputErrors
+from fleet.inventory.model import Inventory
 from fleet.inventory.variables import HostVars, Var, inventory_layers, merge, render
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet.engine.facts import Fact
-from fleet.shell import q, redact_url, url_secrets
 from fleet.engine.steps import KEPT, Outcome, Step, check_path, read_as
+from fleet.shell import q, redact_url, url_secrets
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
 

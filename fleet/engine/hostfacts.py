@@ -4,12 +4,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from fleet.transport.base import ConnectOptions, Unreachable
-
-from fleet.transport.connection import connect
 from fleet.engine.facts import Fact
-from fleet.inventory.model import Host
 from fleet.engine.remote import Probe
+from fleet.inventory.model import Host
+from fleet.transport.base import ConnectOptions, Unreachable
+from fleet.transport.connection import connect
 
 
 def _parse_system(text: str) -> dict[str, Any]:

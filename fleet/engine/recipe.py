@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.engine.roles import ENGINE_DEFAULTS, PROJECT, TEMPLATES_DIR, RoleSet
 from fleet.errors import InputError
 from fleet.inventory.model import Inventory
-from fleet.engine.roles import ENGINE_DEFAULTS, PROJECT, TEMPLATES_DIR, RoleSet
 from fleet.inventory.variables import merge
 
 # Knobs that only shape per-host configuration (written and restarted by `provision` on each

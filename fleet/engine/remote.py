@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.engine.facts import Fact
-from fleet.shell import as_user, q
 from fleet.engine.steps import KEPT, STATE_DIR, Handler, Outcome, Step, Verify, read_as
+from fleet.shell import as_user, q
 
 PRELUDE = r"""
 set -u

@@ -18,8 +18,8 @@ from typing import Any, Callable
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
 
 from fleet import yamlfile
-from fleet.errors import InputError
 from fleet.engine.steps import File, Handler, Step, Verify
+from fleet.errors import InputError
 from fleet.inventory.variables import HostVars, Var
 
 PROJECT = Path(__file__).resolve().parents[2]

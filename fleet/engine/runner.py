@@ -6,8 +6,8 @@ once too many failed; SIGINT does the same and lets scripts already running fini
 """
 from __future__ import annotations
 
-import re
 import hashlib
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,17 +15,16 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable
 
-from fleet.transport.base import Connection, ConnectOptions, ConnectionCut, Unreachable
-
-from fleet.transport.connection import connect
 from fleet.engine.drift import masked_diff_fact
 from fleet.engine.facts import Fact
 from fleet.engine.remote import Apply, Change, Probe
-from fleet.errors import InputError
 from fleet.engine.results import HostResult, RunResult, StepResult
 from fleet.engine.roles import HostPlan
 from fleet.engine.secrets import Masker
 from fleet.engine.steps import KEPT, File, Outcome
+from fleet.errors import InputError
+from fleet.transport.base import Connection, ConnectionCut, ConnectOptions, Unreachable
+from fleet.transport.connection import connect
 
 
 @dataclass

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-
-log = logging.getLogger(__name__)
-
 from fleet.testhosts.common import HostError, TestHost, _alive
 from fleet.testhosts.hosts import _mark_detached, boot, down, teardown, write_inventory
 from fleet.testhosts.registry import registered
+
+log = logging.getLogger(__name__)
+
 
 def _stop_on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt   # both signals tear down the same way

@@ -9,11 +9,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from fleet.testhosts.common import (_APT_STAMP, _BASE_DONE, _BASE_LOCK, APT_MAX_AGE, BASE, CONTROLLER_ALIAS, KEY,
+                                    PACKAGES, RUN, STATE, SUBNET, USER, HostError, _flock, _sh, _tail, _umount_under,
+                                    _wipe)
 
 log = logging.getLogger(__name__)
 
-from fleet.testhosts.common import (APT_MAX_AGE, BASE, CONTROLLER_ALIAS, HostError, KEY, PACKAGES, RUN, STATE, SUBNET,
-                                    USER, _APT_STAMP, _BASE_DONE, _BASE_LOCK, _flock, _sh, _tail, _umount_under, _wipe)
 
 # --------------------------------------------------------------------------- base image
 

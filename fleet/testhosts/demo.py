@@ -15,10 +15,9 @@ from pathlib import Path
 import yaml
 
 from fleet import app
-
-from fleet.testhosts import hosts as testhosts
-from fleet.errors import FleetError
 from fleet.engine.roles import PROJECT
+from fleet.errors import FleetError
+from fleet.testhosts import hosts as testhosts
 
 DEMO_INVENTORY = PROJECT / "inventory" / "demo.yml"
 LOCAL_INVENTORY = PROJECT / "inventory" / "local.yml"

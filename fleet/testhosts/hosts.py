@@ -32,15 +32,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-log = logging.getLogger(__name__)
-
 from fleet.testhosts.base import controller_setup, ensure_base
-from fleet.testhosts.common import (BASE, HOSTS_DIR, HostError, PIP_CACHE, REQUIRED_TOOLS, SSH_TIMEOUT, STOP_TIMEOUT,
-                                    TestHost, _BASE_LOCK, _HELD, _alive, _children, _cmdline, _flock, _kill,
-                                    _layer_stamp, _mountpoints, _proc_start, _sh, _tail, _wipe)
+from fleet.testhosts.common import (_BASE_LOCK, _HELD, BASE,  # noqa: F401 (for users of this module)
+                                    CONTROLLER_ALIAS, HOSTS_DIR, KEY, PIP_CACHE, REQUIRED_TOOLS, RUN, SSH_TIMEOUT,
+                                    STATE, STOP_TIMEOUT, HostError, TestHost, _alive, _children, _cmdline, _flock,
+                                    _kill, _layer_stamp, _mountpoints, _proc_start, _sh, _tail, _wipe)
 from fleet.testhosts.registry import (_claim, _live_detached, _register, _registry, _try_lock, _unregister, allocate,
                                       registered, release)
-from fleet.testhosts.common import CONTROLLER_ALIAS, KEY, RUN, STATE  # noqa: F401 (for users of this module)
+
+log = logging.getLogger(__name__)
+
 
 # What the tests, the demo and the benchmark use: `from fleet.testhosts import hosts as testhosts`.
 __all__ = ["CONTROLLER_ALIAS", "KEY", "REQUIRED_TOOLS", "RUN", "SSH_TIMEOUT", "STATE", "HostError", "TestHost",

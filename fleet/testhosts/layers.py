@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from fleet.testhosts.base import _lower_dirs
+from fleet.testhosts.common import LAYERS, HostError, TestHost, _alive, _layer_stamp, _wipe
+from fleet.testhosts.hosts import _stop, _unmount, teardown
 
 log = logging.getLogger(__name__)
 
-from fleet.testhosts.base import _lower_dirs
-from fleet.testhosts.common import HostError, LAYERS, TestHost, _alive, _layer_stamp, _wipe
-from fleet.testhosts.hosts import _stop, _unmount, teardown
 
 # --------------------------------------------------------------------------- baked layers
 

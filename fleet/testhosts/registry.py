@@ -9,10 +9,10 @@ import logging
 import os
 from typing import Any, Iterator, Sequence
 
+from fleet.testhosts.common import _HELD, MAX_INDEX, REGISTRY, RUN, HostError, TestHost, _alive, _flock
 
 log = logging.getLogger(__name__)
 
-from fleet.testhosts.common import HostError, MAX_INDEX, REGISTRY, RUN, TestHost, _HELD, _alive, _flock
 
 # --------------------------------------------------------------------------- index allocation
 

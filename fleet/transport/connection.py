@@ -14,8 +14,8 @@ def connect(host: Host, options: ConnectOptions) -> Connection:
         options = replace(options, sudo_password=host.sudo_password)
     persist = persist_seconds()
     if persist:
-        from fleet.transport.keeper import KeptConnection
         from fleet.engine.state import state_dir
+        from fleet.transport.keeper import KeptConnection
         return KeptConnection(host, options, state_dir(), persist)
     from fleet.transport.ssh import SSHConnection  # paramiko only where a connection is made in this process
     return SSHConnection(host, options)

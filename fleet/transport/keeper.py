@@ -29,11 +29,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from fleet.transport.base import ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
 from fleet.errors import FleetError
 from fleet.inventory.model import Host
-
-
+from fleet.transport.base import ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
 from fleet.transport.wire import PACKAGE, START_TIMEOUT_S, VERSION, _recv, _run_dir, _send, socket_path
 
 # --------------------------------------------------------------------------- the client side

@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleet.transport.base import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
 from fleet.inventory.model import Host
-
-
+from fleet.transport.base import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
 from fleet.transport.wire import VERSION, _recv, _send
 
 # --------------------------------------------------------------------------- the keeper itself

@@ -16,8 +16,8 @@ from pathlib import Path
 import paramiko
 from fabric import Config, Connection
 
-from fleet.transport.base import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
 from fleet.inventory.model import Host
+from fleet.transport.base import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
 
 _known_hosts_lock = threading.Lock()
 # The password is stdin's first line. sudo reads it only when it asks (not under NOPASSWD, nor

@@ -15,7 +15,6 @@ from typing import Any
 
 from fleet.errors import FleetError
 
-
 PACKAGE = Path(__file__).resolve().parent.parent   # fleet/
 # A keeper started by older code is retired: client and keeper must run the same code. These are
 # the package's modules the keeper process imports (tests/transport/test_keeper.py checks the list against

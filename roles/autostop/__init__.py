@@ -11,9 +11,9 @@ import shlex
 from pathlib import Path
 
 from fleet.engine.roles import RoleContext
-from fleet.shell import q
 from fleet.engine.steps import Apt, Directory, File, Handler, Service, Verify, reload_if_changed
 from fleet.inventory.variables import HostVars
+from fleet.shell import q
 
 SOURCE = Path(__file__).resolve().parent / "files" / "fleet-idle-check"
 SCRIPT = "/usr/local/sbin/fleet-idle-check"

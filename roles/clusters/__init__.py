@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 from fleet.engine.roles import RoleContext
-from fleet.shell import q
 from fleet.engine.steps import Directory, File, Pip, Verify
 from fleet.inventory.variables import HostVars
+from fleet.shell import q
 
 CHECK = """
 import os

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from roles.julia_kernel.julia import SHA256, VERSION, JuliaInstall, Link, major_minor, run_resolver
 from fleet.engine.roles import RoleContext
-from fleet.shell import q
 from fleet.engine.steps import Command, Directory, Verify
 from fleet.inventory.variables import HostVars
+from fleet.shell import q
+from roles.julia_kernel.julia import SHA256, VERSION, JuliaInstall, Link, major_minor, run_resolver
 
 KERNEL_CHECK = """import json, sys
 name, binary = sys.argv[1], sys.argv[2]

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet.engine.facts import Fact
-from fleet.shell import q
 from fleet.engine.steps import Outcome, Step, check_path, path_fact
+from fleet.shell import q
 
 OFFICIAL_MIRROR = "https://julialang-s3.julialang.org/bin"
 VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.]+)?$")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 from fleet.engine.roles import RoleContext
-from fleet.shell import q
 from fleet.engine.steps import (Absent, Apt, Directory, File, Handler, Pip, Service, User, Verify, home_territory,
-                         reload_if_changed)
+                                reload_if_changed)
 from fleet.inventory.variables import HostVars
+from fleet.shell import q
 
 CONFIG = "/etc/jupyter/jupyter_server_config.py"
 

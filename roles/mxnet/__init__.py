@@ -8,11 +8,11 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from fleet.engine.facts import Fact
-from roles.mxnet.gpu import ALL_PACKAGES, GPU_FACT, MxnetChoice, choose_mxnet_build
 from fleet.engine.roles import RoleContext
-from fleet.shell import q
 from fleet.engine.steps import Absent, Apt, File, Outcome, Step, Verify, path_fact, unsatisfied, venv_fact
 from fleet.inventory.variables import HostVars
+from fleet.shell import q
+from roles.mxnet.gpu import ALL_PACKAGES, GPU_FACT, MxnetChoice, choose_mxnet_build
 
 # A framework is a chooser (GPU facts -> build) plus the packages it may install; another
 # framework is added as one more entry and one more value in spec.yml.

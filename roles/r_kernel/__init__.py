@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 from fleet.engine.roles import RoleContext
-from fleet.shell import q
 from fleet.engine.steps import Apt, Command, Verify
 from fleet.inventory.variables import HostVars
+from fleet.shell import q
 
 KERNELSPEC_CHECK = """import json, sys
 specs = json.load(sys.stdin)["kernelspecs"]

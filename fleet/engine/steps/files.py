@@ -13,7 +13,6 @@ from fleet.engine.facts import Fact
 from fleet.engine.steps.base import MAX_DIFF_BYTES, Outcome, Step, check_path, read_as, territory
 from fleet.shell import q
 
-
 # --- facts shared by several steps -------------------------------------------------
 
 def _parse_stat(text: str) -> dict | None:
