@@ -41,7 +41,12 @@ def test_write_inventory_shape(tmp_path: Path) -> None:
 @pytest.mark.hosts
 def test_systemd_is_running(two_hosts: list[TestHost]) -> None:
     for h in two_hosts:
-        assert h.run("systemctl is-system-running --wait").stdout.strip() == "running"
+        state = h.run("systemctl is-system-running --wait", check=False).stdout.strip()
+        # on failure, say which units and what they logged: a bare "degraded" cannot be debugged
+        why = "" if state == "running" else h.run(
+            "systemctl --failed --no-legend --no-pager; systemctl list-jobs --no-pager; "
+            "journalctl -b -p warning --no-pager | tail -40", check=False).stdout
+        assert state == "running", f"{h.name}: {state}\n{why}"
 
 
 @pytest.mark.hosts
