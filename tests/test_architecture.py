@@ -1,6 +1,6 @@
 """The tree tells the architecture: no import circles in the package (module-level or inside
-functions), every module under 400 lines or saying at its top why it is longer, and every
-package folder saying in its docstring what lives there."""
+functions), no module reaching into another's private names, every module under 400 lines or
+saying at its top why it is longer, and every package folder saying in its docstring what lives there."""
 from __future__ import annotations
 
 import ast
@@ -91,3 +91,39 @@ def test_every_package_says_what_lives_there():
     silent = [str(p.relative_to(PROJECT)) for p in PROJECT.glob("fleet/**/__init__.py")
               if not ast.get_docstring(ast.parse(p.read_text()))]
     assert silent == []
+
+
+def private_reach(source: str, known: set[str]) -> list[str]:
+    """Private names (`_x`, not dunders) that `source` takes from other project modules:
+    `from fleet.m import _x`, or `m._x` where m is a project module it imported."""
+    private = lambda name: name.startswith("_") and not name.startswith("__")  # noqa: E731
+    tree = ast.parse(source)
+    aliases: set[str] = set()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in known:
+                    aliases.add(alias.asname or alias.name)
+                elif node.module in known and private(alias.name):
+                    found.append(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            aliases |= {alias.asname for alias in node.names if alias.asname and alias.name in known}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases and private(node.attr)):
+            found.append(f"{node.value.id}.{node.attr}")
+    return sorted(set(found))
+
+
+def test_the_private_name_finder_finds_both_forms():
+    known = {"fleet.a", "fleet.b"}
+    source = "from fleet.a import _x, y, __all__\nfrom fleet import b\nimport fleet.a as a\nb._z(); a.ok(); b.__doc__"
+    assert private_reach(source, known) == ["b._z", "fleet.a._x"]
+
+
+def test_no_module_takes_another_modules_private_names():
+    # A name two modules share is part of the home module's face: it goes without the underscore.
+    known = {module_name(p) for p in SOURCES}
+    reach = {str(p.relative_to(PROJECT)): found for p in SOURCES if (found := private_reach(p.read_text(), known))}
+    assert reach == {}

@@ -5,7 +5,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from fleet.aws.common import _BOTO_CONFIG, DLAMI_NAME_PATTERNS, DLAMI_SSM_PARAMETER, CloudError
+from fleet.aws.common import BOTO_CONFIG, DLAMI_NAME_PATTERNS, DLAMI_SSM_PARAMETER, CloudError
 
 # ---------------------------------------------------------------------- AMI
 
@@ -23,7 +23,7 @@ def resolve_ami(
             raise
         return ami
     try:
-        ssm = session.client("ssm", config=_BOTO_CONFIG)
+        ssm = session.client("ssm", config=BOTO_CONFIG)
         value = ssm.get_parameter(Name=ssm_parameter)["Parameter"]["Value"]
         if value.startswith("ami-"):
             return value

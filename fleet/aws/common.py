@@ -16,8 +16,8 @@ from typing import Any, Iterable, Iterator
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
-                                 NoRegionError, PartialCredentialsError, ProfileNotFound, WaiterError)
+from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError,
+                                 PartialCredentialsError, ProfileNotFound, WaiterError)
 
 PREFIX = "jupyter-fleet"
 MANAGED_TAG = f"{PREFIX}:managed"
@@ -47,7 +47,7 @@ _COURSE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 # Scrubbed from anything we show, in case an AWS message ever echoes a key id.
 _ACCESS_KEY_RE = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
 
-_BOTO_CONFIG = Config(
+BOTO_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5},
     connect_timeout=10,
     read_timeout=60,
@@ -91,7 +91,7 @@ class LaunchResult:
 
     @property
     def instances(self) -> list[Instance]:
-        return sorted(self.launched + self.existing, key=_slot_order)
+        return sorted(self.launched + self.existing, key=slot_order)
 
 
 # ------------------------------------------------------------------ small helpers
@@ -168,11 +168,11 @@ def wait_for_ssh(host: str, port: int = 22, timeout: float = 300.0, interval: fl
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
-def _slot_order(inst: Instance) -> tuple[int, str]:
+def slot_order(inst: Instance) -> tuple[int, str]:
     return (inst.slot if inst.slot is not None else 1 << 30, inst.name)
 
 
-def _check_course(course: str) -> str:
+def check_course(course: str) -> str:
     # The course ends up in file names, key/group names and tag filters.
     if not _COURSE_RE.match(course or ""):
         raise CloudError(
@@ -272,7 +272,7 @@ def explain(exc: BaseException, *, region: str | None = None, instance_type: str
 
 
 @contextlib.contextmanager
-def _aws(region: str | None = None, instance_type: str | None = None) -> Iterator[None]:
+def explained_errors(region: str | None = None, instance_type: str | None = None) -> Iterator[None]:
     # One place that converts library exceptions, so no caller ever sees a traceback
     # (tracebacks can show request details) for an everyday mistake.
     try:
@@ -296,7 +296,7 @@ def known_regions() -> frozenset[str]:
     return frozenset(regions)
 
 
-def _ec2(region: str | None) -> tuple[Any, Any, str]:
+def ec2_session(region: str | None) -> tuple[Any, Any, str]:
     """(session, ec2 client, region) with the region validated and credentials present.
 
     A session per call (not cached) so env/profile changes are picked up and each
@@ -315,12 +315,12 @@ def _ec2(region: str | None) -> tuple[Any, Any, str]:
             f"unknown AWS region {name!r}: use a region code such as us-east-1 or eu-west-1 "
             "(if the region is brand new, upgrade boto3)"
         )
-    with _aws(name):
+    with explained_errors(name):
         if session.get_credentials() is None:
             raise explain(NoCredentialsError())
-    return session, session.client("ec2", config=_BOTO_CONFIG), name
+    return session, session.client("ec2", config=BOTO_CONFIG), name
 
 
-def _tag_spec(resource: str, course: str, **extra: str) -> dict[str, Any]:
+def tag_spec(resource: str, course: str, **extra: str) -> dict[str, Any]:
     tags = {MANAGED_TAG: "true", COURSE_TAG: course, **extra}
     return {"ResourceType": resource, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}

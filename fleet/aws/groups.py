@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet.aws.common import CloudError, _tag_spec, group_name
+from fleet.aws.common import CloudError, group_name, tag_spec
 
 # ------------------------------------------------------------- security group
 
@@ -66,7 +66,7 @@ def ensure_security_group(ec2: Any, course: str, cidr: str) -> str:
             GroupName=name,
             Description=f"Jupyter Fleet course {course}: SSH only",
             VpcId=vpc,
-            TagSpecifications=[_tag_spec("security-group", course)],
+            TagSpecifications=[tag_spec("security-group", course)],
         )["GroupId"]
         permissions = []
     extra = _unwanted_permissions(permissions, cidr)

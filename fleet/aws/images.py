@@ -77,9 +77,9 @@ def _describe(ec2: Any, course: str) -> list[Image]:
 
 def course_images(course: str, region: str | None = None) -> list[Image]:
     """The course's managed images, newest first."""
-    cloud._check_course(course)
-    _, ec2, name = cloud._ec2(region)
-    with cloud._aws(name):
+    cloud.check_course(course)
+    _, ec2, name = cloud.ec2_session(region)
+    with cloud.explained_errors(name):
         return _describe(ec2, course)
 
 
@@ -100,12 +100,12 @@ def create(course: str, instance_id: str, fingerprint: str, roles: Iterable[str]
     With `reboot` (EC2's default) the instance is shut down for the snapshot, so the disk is
     consistent; it boots again afterwards with fresh host keys (the prepare step removed them).
     """
-    cloud._check_course(course)
-    _, ec2, name = cloud._ec2(region)
+    cloud.check_course(course)
+    _, ec2, name = cloud.ec2_session(region)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     tags = {MANAGED_TAG: "true", COURSE_TAG: course, FINGERPRINT_TAG: fingerprint,
             ROLES_TAG: ",".join(roles), SOURCE_TAG: instance_id, "Name": f"{course}-{fingerprint}"}
-    with cloud._aws(name):
+    with cloud.explained_errors(name):
         image_id = ec2.create_image(
             InstanceId=instance_id, Name=f"{PREFIX}-{course}-{fingerprint}-{stamp}",
             Description=f"Jupyter Fleet course {course}, recipe {fingerprint}", NoReboot=not reboot,
@@ -157,9 +157,9 @@ def choose(course: str, fingerprints: set[str] | None, image: str | None = None,
 
 def delete(images: Iterable[Image], region: str | None = None) -> list[Image]:
     """Deregister images and delete their snapshots (a deregistered image's snapshots bill on)."""
-    _, ec2, name = cloud._ec2(region)
+    _, ec2, name = cloud.ec2_session(region)
     done = []
-    with cloud._aws(name):
+    with cloud.explained_errors(name):
         for image in images:
             ec2.deregister_image(ImageId=image.id)
             for snapshot in image.snapshots:

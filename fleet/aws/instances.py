@@ -13,8 +13,8 @@ from botocore.exceptions import ClientError
 
 from fleet.aws.amis import resolve_ami
 from fleet.aws.common import (ACTIVE_STATES, COURSE_TAG, DEFAULT_KEY_DIR, MANAGED_TAG, SLOT_TAG, CloudError, Instance,
-                              LaunchResult, _aws, _check_course, _ec2, _slot_order, _tag_spec, caller_public_ip,
-                              explain, free_slots, is_gpu_type, key_path, normalize_cidr, wait_for_ssh)
+                              LaunchResult, caller_public_ip, check_course, ec2_session, explain, explained_errors,
+                              free_slots, is_gpu_type, key_path, normalize_cidr, slot_order, tag_spec, wait_for_ssh)
 from fleet.aws.groups import ensure_security_group
 from fleet.aws.keys import ensure_key_pair
 
@@ -56,23 +56,23 @@ def _describe(ec2: Any, course: str, states: Iterable[str]) -> list[Instance]:
                 # instances stop/terminate will act on.
                 if tags.get(MANAGED_TAG) == "true" and tags.get(COURSE_TAG) == course:
                     found.append(_to_instance(raw))
-    return sorted(found, key=_slot_order)
+    return sorted(found, key=slot_order)
 
 
 def course_instances(
     course: str, region: str | None = None, states: Iterable[str] = ACTIVE_STATES
 ) -> list[Instance]:
     """The course's managed instances in the given states, ordered by slot."""
-    _check_course(course)
-    _, ec2, name = _ec2(region)
-    with _aws(name):
+    check_course(course)
+    _, ec2, name = ec2_session(region)
+    with explained_errors(name):
         return _describe(ec2, course, states)
 
 
 def _run_one(ec2: Any, course: str, slot: int, *, ami: str, instance_type: str,
              key: str, group_id: str) -> Instance:
     name = f"{course}-{slot}"
-    tags = _tag_spec("instance", course, Name=name, **{SLOT_TAG: str(slot)})
+    tags = tag_spec("instance", course, Name=name, **{SLOT_TAG: str(slot)})
     resp = ec2.run_instances(
         ImageId=ami,
         InstanceType=instance_type,
@@ -86,7 +86,7 @@ def _run_one(ec2: Any, course: str, slot: int, *, ami: str, instance_type: str,
         MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
         # Tags go on at creation (one call per slot, as tags differ): an instance can
         # never exist untagged, so it can never escape status/stop/terminate.
-        TagSpecifications=[tags, {**_tag_spec("volume", course, Name=name)}],
+        TagSpecifications=[tags, {**tag_spec("volume", course, Name=name)}],
         # Retries of this same call (by botocore) must not start a second instance.
         ClientToken=f"{course[:24]}-{slot}-{uuid.uuid4().hex}",
     )
@@ -113,12 +113,12 @@ def launch(
     only the missing slots are launched, lowest numbers first. Never shrinks.
     `user` is accepted for symmetry with inventory_hosts (the AMI decides the login).
     """
-    _check_course(course)
+    check_course(course)
     if count < 1:
         raise CloudError("count must be at least 1")
-    session, ec2, region_name = _ec2(region)
+    session, ec2, region_name = ec2_session(region)
     allowed = normalize_cidr(cidr if cidr else f"{ip_lookup()}/32")
-    with _aws(region_name, instance_type):
+    with explained_errors(region_name, instance_type):
         key, path, key_action = ensure_key_pair(ec2, course, key_dir)
         group_id = ensure_security_group(ec2, course, allowed)
         existing = _describe(ec2, course, ACTIVE_STATES)
@@ -219,9 +219,9 @@ def write_snapshot(
 
 
 def _act(course: str, region: str | None, states: Iterable[str], call: str) -> list[Instance]:
-    _check_course(course)
-    _, ec2, name = _ec2(region)
-    with _aws(name):
+    check_course(course)
+    _, ec2, name = ec2_session(region)
+    with explained_errors(name):
         targets = _describe(ec2, course, states)
         if targets:
             getattr(ec2, call)(InstanceIds=[i.id for i in targets])

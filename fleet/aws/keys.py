@@ -8,7 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from fleet.aws.common import DEFAULT_KEY_DIR, CloudError, _tag_spec, key_name, key_path
+from fleet.aws.common import DEFAULT_KEY_DIR, CloudError, key_name, key_path, tag_spec
 
 # ------------------------------------------------------------------- key pair
 
@@ -60,7 +60,7 @@ def ensure_key_pair(ec2: Any, course: str, key_dir: Path | str = DEFAULT_KEY_DIR
         ec2.import_key_pair(
             KeyName=name,
             PublicKeyMaterial=public_key_openssh(path).encode(),
-            TagSpecifications=[_tag_spec("key-pair", course)],
+            TagSpecifications=[tag_spec("key-pair", course)],
         )
         return name, path, "imported"
     if in_ec2:
@@ -71,7 +71,7 @@ def ensure_key_pair(ec2: Any, course: str, key_dir: Path | str = DEFAULT_KEY_DIR
             "launch again (existing instances keep the old key and need it to log in)"
         )
     created = ec2.create_key_pair(
-        KeyName=name, KeyType="rsa", TagSpecifications=[_tag_spec("key-pair", course)]
+        KeyName=name, KeyType="rsa", TagSpecifications=[tag_spec("key-pair", course)]
     )
     try:
         _write_private_key(path, created["KeyMaterial"])

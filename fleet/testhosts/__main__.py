@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from fleet.testhosts.common import HostError, TestHost, _alive
-from fleet.testhosts.hosts import _mark_detached, boot, down, teardown, write_inventory
+from fleet.testhosts.common import HostError, TestHost, alive
+from fleet.testhosts.hosts import boot, down, mark_detached, teardown, write_inventory
 from fleet.testhosts.registry import registered
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _up(n: int, inventory: Path | None, detach: bool) -> int:
             write_inventory(hosts, inventory)
             log.info("inventory: %s", inventory)
         if detach:
-            _mark_detached(hosts)
+            mark_detached(hosts)
             keep = True
             log.info("detached; `python -m fleet.testhosts down` tears them down")
             return 0
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("torn down: %s", ", ".join(down()) or "nothing")
             return 0
         for h in registered():
-            state = "up" if _alive(h.pid, h._start) else "down"
+            state = "up" if alive(h.pid, h._start) else "down"
             print(f"{h.name}\t{h.address}\t{state}")
         return 0
     except HostError as e:

@@ -9,9 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from fleet.testhosts.common import (_APT_STAMP, _BASE_DONE, _BASE_LOCK, APT_MAX_AGE, BASE, CONTROLLER_ALIAS, KEY,
-                                    PACKAGES, RUN, STATE, SUBNET, USER, HostError, _flock, _sh, _tail, _umount_under,
-                                    _wipe)
+from fleet.testhosts.common import (APT_MAX_AGE, APT_STAMP, BASE, BASE_DONE, BASE_LOCK, CONTROLLER_ALIAS, KEY, PACKAGES,
+                                    RUN, STATE, SUBNET, USER, HostError, file_lock, log_tail, sh, umount_under, wipe)
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +20,10 @@ log = logging.getLogger(__name__)
 def ensure_base() -> Path:
     """Build the base image once; concurrent callers wait on the lock instead of building twice."""
     STATE.mkdir(parents=True, exist_ok=True)
-    with _flock(_BASE_LOCK):
-        if not (_BASE_DONE.exists() and KEY.exists()):
+    with file_lock(BASE_LOCK):
+        if not (BASE_DONE.exists() and KEY.exists()):
             _build_base()
-        elif time.time() - _mtime(_APT_STAMP) > APT_MAX_AGE:
+        elif time.time() - _mtime(APT_STAMP) > APT_MAX_AGE:
             _refresh_apt_lists()
     return BASE
 
@@ -36,7 +35,7 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _lower_dirs() -> list[list[str]]:
+def lower_dirs() -> list[list[str]]:
     """The lower layers of every mounted overlay."""
     found = []
     with open("/proc/mounts") as f:
@@ -48,7 +47,7 @@ def _lower_dirs() -> list[list[str]]:
 
 def _base_in_use() -> bool:
     """An overlay on BASE is mounted: changing a lower layer under it is undefined."""
-    return any(str(BASE) in lowers for lowers in _lower_dirs())
+    return any(str(BASE) in lowers for lowers in lower_dirs())
 
 
 def _build_base() -> None:
@@ -56,13 +55,13 @@ def _build_base() -> None:
         raise HostError(f"{BASE} is incomplete but hosts are mounted on it; run `down` first")
     log.warning("building test host base image in %s (once, about 1-2 minutes)", BASE)
     t0 = time.monotonic()
-    _BASE_DONE.unlink(missing_ok=True)
+    BASE_DONE.unlink(missing_ok=True)
     _ensure_key()
     _debootstrap()
     _configure_base()
     _apt_update(tries=3)
-    _APT_STAMP.touch()
-    _BASE_DONE.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))   # last: an interrupted build is redone
+    APT_STAMP.touch()
+    BASE_DONE.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))   # last: an interrupted build is redone
     log.warning("base image ready in %.0f s", time.monotonic() - t0)
 
 
@@ -72,15 +71,15 @@ def _ensure_key() -> None:
         return
     KEY.unlink(missing_ok=True)
     pub.unlink(missing_ok=True)
-    _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "jupyter-fleet-test", "-f", KEY)
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "jupyter-fleet-test", "-f", KEY)
 
 
 def _debootstrap(tries: int = 3) -> None:
     """Retried a few times because a slow or flaky network is the usual cause of failure."""
     logfile = STATE / "debootstrap.log"
     for attempt in range(1, tries + 1):
-        _umount_under(BASE)
-        _wipe(BASE)
+        umount_under(BASE)
+        wipe(BASE)
         with open(logfile, "w") as out:
             # no mirror argument: debootstrap's default mirror, no host name in this repo
             rc = subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}",
@@ -89,8 +88,8 @@ def _debootstrap(tries: int = 3) -> None:
             return
         log.warning("debootstrap attempt %d/%d failed (%d)", attempt, tries, rc)
         time.sleep(5 * attempt)
-    _umount_under(BASE)
-    raise HostError(f"debootstrap failed {tries} times; last output:\n{_tail(logfile)}")
+    umount_under(BASE)
+    raise HostError(f"debootstrap failed {tries} times; last output:\n{log_tail(logfile)}")
 
 
 def _configure_base() -> None:
@@ -100,15 +99,15 @@ def _configure_base() -> None:
         dest = BASE / "usr/local/share/ca-certificates/controller.crt"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ca, dest)
-        _sh("chroot", BASE, "update-ca-certificates")
+        sh("chroot", BASE, "update-ca-certificates")
     (BASE / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
 
     pub = KEY.with_name(KEY.name + ".pub").read_text()
     _authorize(BASE / "root/.ssh", pub)
-    if _sh("chroot", BASE, "id", USER, check=False).returncode:
-        _sh("chroot", BASE, "useradd", "-m", "-s", "/bin/bash", USER)
+    if sh("chroot", BASE, "id", USER, check=False).returncode:
+        sh("chroot", BASE, "useradd", "-m", "-s", "/bin/bash", USER)
     _authorize(BASE / f"home/{USER}/.ssh", pub)
-    _sh("chroot", BASE, "chown", "-R", f"{USER}:{USER}", f"/home/{USER}/.ssh")
+    sh("chroot", BASE, "chown", "-R", f"{USER}:{USER}", f"/home/{USER}/.ssh")
     sudoers = BASE / f"etc/sudoers.d/{USER}"
     sudoers.write_text(f"{USER} ALL=(ALL) NOPASSWD:ALL\n")
     sudoers.chmod(0o440)
@@ -125,7 +124,7 @@ def _authorize(ssh_dir: Path, pub: str) -> None:
 def _apt_update(tries: int = 1) -> bool:
     """Fresh apt lists in the base, as a cloud image has; hosts then install without an update."""
     for attempt in range(1, tries + 1):
-        p = _sh("chroot", BASE, "apt-get", "update", check=False, timeout=600)
+        p = sh("chroot", BASE, "apt-get", "update", check=False, timeout=600)
         if p.returncode == 0:
             return True
         log.warning("apt-get update in base failed (%d/%d): %s", attempt, tries, p.stdout[-500:] + p.stderr[-500:])
@@ -142,22 +141,22 @@ def _refresh_apt_lists() -> None:
         return
     log.warning("refreshing apt lists in the base image")
     if _apt_update():
-        _APT_STAMP.touch()
+        APT_STAMP.touch()
 
 
 # --------------------------------------------------------------------------- controller
 
 def controller_setup() -> None:
     """Idempotent per-boot controller settings: forwarding, NAT, inotify, the alias address."""
-    with _flock(RUN / "controller.lock"):
+    with file_lock(RUN / "controller.lock"):
         _sysctl("net/ipv4/ip_forward", 1)
         # each container holds inotify instances; the default 128 breaks boots past ~23 hosts
         _sysctl("fs/inotify/max_user_instances", 1024)
         rule = ["POSTROUTING", "-s", SUBNET, "!", "-o", "vh-+", "-j", "MASQUERADE"]
-        if _sh("iptables", "-w", "-t", "nat", "-C", *rule, check=False).returncode:
-            _sh("iptables", "-w", "-t", "nat", "-A", *rule)
-        if f" {CONTROLLER_ALIAS}/32 " not in _sh("ip", "-o", "addr", "show", "dev", "lo").stdout:
-            _sh("ip", "addr", "add", f"{CONTROLLER_ALIAS}/32", "dev", "lo")
+        if sh("iptables", "-w", "-t", "nat", "-C", *rule, check=False).returncode:
+            sh("iptables", "-w", "-t", "nat", "-A", *rule)
+        if f" {CONTROLLER_ALIAS}/32 " not in sh("ip", "-o", "addr", "show", "dev", "lo").stdout:
+            sh("ip", "addr", "add", f"{CONTROLLER_ALIAS}/32", "dev", "lo")
 
 
 def _sysctl(key: str, at_least: int) -> None:

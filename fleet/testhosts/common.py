@@ -20,9 +20,9 @@ KEY = STATE / "testkey"
 PIP_CACHE = STATE / "pip-cache"
 HOSTS_DIR = STATE / "hosts"
 LAYERS = STATE / "layers"                 # baked layers: a provisioned host's upper dir, over BASE
-_BASE_LOCK = STATE / "base.lock"
-_BASE_DONE = STATE / "base.complete"      # outside BASE so hosts never see it
-_APT_STAMP = STATE / "base.apt-updated"   # apt sets list mtimes from the server, so keep our own
+BASE_LOCK = STATE / "base.lock"
+BASE_DONE = STATE / "base.complete"      # outside BASE so hosts never see it
+APT_STAMP = STATE / "base.apt-updated"   # apt sets list mtimes from the server, so keep our own
 
 RUN = Path("/run/jupyter-fleet-hosts")    # tmpfs: locks and registry vanish with a reboot, as hosts do
 REGISTRY = RUN / "registry.json"
@@ -38,7 +38,7 @@ APT_MAX_AGE = 24 * 3600
 REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "iptables", "ip", "ssh", "ssh-keygen", "mount")
 
 # index -> fd of its flock'ed lock file; closing the fd (or dying) releases the index
-_HELD: dict[int, int] = {}
+HELD: dict[int, int] = {}
 
 
 class HostError(RuntimeError):
@@ -47,8 +47,8 @@ class HostError(RuntimeError):
 
 # --------------------------------------------------------------------------- helpers
 
-def _sh(*cmd: str | Path, check: bool = True, timeout: float | None = None,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def sh(*cmd: str | Path, check: bool = True, timeout: float | None = None,
+       stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure raise with its stderr, which CalledProcessError hides."""
     args = [str(c) for c in cmd]
     p = subprocess.run(args, text=True, capture_output=True, timeout=timeout, input=stdin)
@@ -59,34 +59,34 @@ def _sh(*cmd: str | Path, check: bool = True, timeout: float | None = None,
 
 
 @contextlib.contextmanager
-def _flock(path: Path, kind: int = fcntl.LOCK_EX) -> Iterator[None]:
+def file_lock(path: Path, kind: int = fcntl.LOCK_EX) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, kind)
         yield
 
 
-def _wipe(path: Path) -> None:
+def wipe(path: Path) -> None:
     # --one-file-system: never delete through a mount that is still there (overlay, /proc)
     if path.exists() or path.is_symlink():
-        _sh("rm", "-rf", "--one-file-system", path)
+        sh("rm", "-rf", "--one-file-system", path)
 
 
-def _mountpoints() -> list[str]:
+def mountpoints() -> list[str]:
     with open("/proc/mounts") as f:
         return [line.split()[1].encode().decode("unicode_escape") for line in f]
 
 
-def _umount_under(path: Path) -> None:
+def umount_under(path: Path) -> None:
     """Unmount everything at or below path, deepest first (an interrupted debootstrap leaves /proc)."""
     prefix = str(path)
-    for mp in sorted((m for m in _mountpoints() if m == prefix or m.startswith(prefix + "/")),
+    for mp in sorted((m for m in mountpoints() if m == prefix or m.startswith(prefix + "/")),
                      key=len, reverse=True):
-        if _sh("umount", mp, check=False).returncode:
-            _sh("umount", "-l", mp, check=False)
+        if sh("umount", mp, check=False).returncode:
+            sh("umount", "-l", mp, check=False)
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -104,19 +104,19 @@ def _proc_stat(pid: int) -> list[str] | None:
     return raw.rsplit(")", 1)[1].split()
 
 
-def _proc_start(pid: int) -> int | None:
+def proc_start(pid: int) -> int | None:
     st = _proc_stat(pid)
     return int(st[19]) if st else None   # field 22: start time, guards against pid reuse
 
 
-def _alive(pid: int | None, start: int | None = None) -> bool:
+def alive(pid: int | None, start: int | None = None) -> bool:
     st = _proc_stat(pid) if pid else None
     if not st or st[0] == "Z":
         return False
     return start is None or int(st[19]) == start
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     kids = []
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -126,14 +126,14 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _cmdline(pid: int) -> list[str]:
+def proc_cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return []
 
 
-def _kill(pid: int, sig: int) -> None:
+def kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
@@ -208,6 +208,6 @@ class TestHost:
         return p
 
 
-def _layer_stamp(layer: Path) -> Path:
+def layer_stamp(layer: Path) -> Path:
     # beside the layer, not in it: inside, every host booted from it would see the file at /
     return layer.with_name(layer.name + ".json")

@@ -33,12 +33,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from fleet.testhosts.base import controller_setup, ensure_base
-from fleet.testhosts.common import (_BASE_LOCK, _HELD, BASE,  # noqa: F401 (for users of this module)
-                                    CONTROLLER_ALIAS, HOSTS_DIR, KEY, PIP_CACHE, REQUIRED_TOOLS, RUN, SSH_TIMEOUT,
-                                    STATE, STOP_TIMEOUT, HostError, TestHost, _alive, _children, _cmdline, _flock,
-                                    _kill, _layer_stamp, _mountpoints, _proc_start, _sh, _tail, _wipe)
-from fleet.testhosts.registry import (_claim, _live_detached, _register, _registry, _try_lock, _unregister, allocate,
-                                      registered, release)
+from fleet.testhosts.common import (BASE, BASE_LOCK, CONTROLLER_ALIAS, HELD,  # noqa: F401 (for users of this module)
+                                    HOSTS_DIR, KEY, PIP_CACHE, REQUIRED_TOOLS, RUN, SSH_TIMEOUT, STATE, STOP_TIMEOUT,
+                                    HostError, TestHost, alive, child_pids, file_lock, kill, layer_stamp, log_tail,
+                                    mountpoints, proc_cmdline, proc_start, sh, wipe)
+from fleet.testhosts.registry import (allocate, claim_indices, live_detached, read_registry, register_host, registered,
+                                      release, try_lock, unregister_host)
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,18 @@ def boot(hosts: int | Sequence[int], timeout: float = SSH_TIMEOUT, layer: Path |
     With `layer` (from bake_layer) the hosts boot from that baked layer over the base.
     """
     _require_root()
-    if layer is not None and not _layer_stamp(Path(layer)).exists():
-        raise HostError(f"{layer} is not a complete baked layer (bake_layer writes {_layer_stamp(Path(layer))} last)")
+    if layer is not None and not layer_stamp(Path(layer)).exists():
+        raise HostError(f"{layer} is not a complete baked layer (bake_layer writes {layer_stamp(Path(layer))} last)")
     controller_setup()
     ensure_base()
     PIP_CACHE.mkdir(parents=True, exist_ok=True)
     cleanup_stale()
-    indices = allocate(hosts) if isinstance(hosts, int) else _claim(hosts)
+    indices = allocate(hosts) if isinstance(hosts, int) else claim_indices(hosts)
     booted = [TestHost.for_index(i) for i in indices]
     try:
         for h in booted:
             _prepare(h)
-        with _flock(_BASE_LOCK, fcntl.LOCK_SH):   # no apt refresh of the lower layer mid-mount
+        with file_lock(BASE_LOCK, fcntl.LOCK_SH):   # no apt refresh of the lower layer mid-mount
             for h in booted:
                 _mount(h, layer)
         for h in booted:
@@ -106,22 +106,22 @@ def _write(path: Path, text: str) -> None:
 
 
 def _network(h: TestHost) -> None:
-    _sh("ip", "netns", "add", h.netns)
-    _sh("ip", "link", "add", h.veth, "type", "veth", "peer", "name", "eth0", "netns", h.netns)
-    _sh("ip", "addr", "add", f"{h.gateway}/30", "dev", h.veth)
-    _sh("ip", "link", "set", h.veth, "up")
+    sh("ip", "netns", "add", h.netns)
+    sh("ip", "link", "add", h.veth, "type", "veth", "peer", "name", "eth0", "netns", h.netns)
+    sh("ip", "addr", "add", f"{h.gateway}/30", "dev", h.veth)
+    sh("ip", "link", "set", h.veth, "up")
     ns = ("ip", "-n", h.netns)
-    _sh(*ns, "addr", "add", f"{h.address}/30", "dev", "eth0")
-    _sh(*ns, "link", "set", "eth0", "up")
-    _sh(*ns, "link", "set", "lo", "up")
-    _sh(*ns, "route", "add", "default", "via", h.gateway)
+    sh(*ns, "addr", "add", f"{h.address}/30", "dev", "eth0")
+    sh(*ns, "link", "set", "eth0", "up")
+    sh(*ns, "link", "set", "lo", "up")
+    sh(*ns, "route", "add", "default", "via", h.gateway)
 
 
 def _mount(h: TestHost, layer: Path | None = None) -> None:
     # nspawn's --overlay= does not work for /, so mount the overlay ourselves
     lower = f"{layer}:{BASE}" if layer is not None else str(BASE)
-    _sh("mount", "-t", "overlay", "overlay",
-        "-o", f"lowerdir={lower},upperdir={h.upper},workdir={h.work}", h.root)
+    sh("mount", "-t", "overlay", "overlay",
+       "-o", f"lowerdir={lower},upperdir={h.upper},workdir={h.work}", h.root)
 
 
 def _nspawn_command(h: TestHost) -> list[str]:
@@ -137,9 +137,9 @@ def _start(h: TestHost) -> None:
         # own session: a Ctrl-C in the caller's terminal must not reach the containers
         h._proc = subprocess.Popen(_nspawn_command(h), stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    h.pid, h._start = h._proc.pid, _proc_start(h._proc.pid)
+    h.pid, h._start = h._proc.pid, proc_start(h._proc.pid)
     h._torn_down = False
-    _register(h)
+    register_host(h)
 
 
 def _wait_all(hosts: Sequence[TestHost], timeout: float) -> None:
@@ -189,10 +189,10 @@ def _wait_ssh(h: TestHost, timeout: float, abort: threading.Event | None = None)
 def _diagnostics(h: TestHost) -> str:
     """nspawn's own output, then the host's journal: with --console=pipe the container has
     no /dev/console, so systemd's boot messages only reach the (persistent) journal."""
-    out = f"nspawn output:\n{_tail(h.console) or '(none)'}"
+    out = f"nspawn output:\n{log_tail(h.console) or '(none)'}"
     journal = h.root / "var/log/journal"
     if shutil.which("journalctl") and journal.is_dir():
-        p = _sh("journalctl", "-D", journal, "-n", "40", "--no-pager", check=False)
+        p = sh("journalctl", "-D", journal, "-n", "40", "--no-pager", check=False)
         out += f"\njournal tail:\n{(p.stdout or p.stderr).strip()}"
     return out
 
@@ -201,17 +201,17 @@ def _diagnostics(h: TestHost) -> str:
 
 def power_cut(h: TestHost) -> None:
     """Kill the container's init at once (its disk stays); SIGKILL to nspawn would orphan it."""
-    if not _alive(h.pid, h._start):
+    if not alive(h.pid, h._start):
         raise HostError(f"{h.name} is not running")
-    for child in _children(h.pid):
-        _kill(child, signal.SIGKILL)
+    for child in child_pids(h.pid):
+        kill(child, signal.SIGKILL)
     if not _wait_gone(h, STOP_TIMEOUT):
         raise HostError(f"{h.name}: systemd-nspawn {h.pid} did not exit after its init was killed")
 
 
 def boot_again(h: TestHost, timeout: float = SSH_TIMEOUT) -> None:
     """Boot a powered-off host from its kept disk with the same nspawn command."""
-    if _alive(h.pid, h._start):
+    if alive(h.pid, h._start):
         raise HostError(f"{h.name} is still running")
     _start(h)
     _wait_ssh(h, timeout)
@@ -232,8 +232,8 @@ def teardown(hosts: Iterable[TestHost]) -> None:
 
 
 def _destroy(h: TestHost) -> None:
-    steps = (_stop, _kill_netns_pids, _unmount, _del_network, lambda h: _wipe(h.dir),
-             lambda h: _unregister(h.index))
+    steps = (stop, _kill_netns_pids, unmount, _del_network, lambda h: wipe(h.dir),
+             lambda h: unregister_host(h.index))
     for step in steps:
         try:
             step(h)
@@ -249,55 +249,55 @@ def _wait_gone(h: TestHost, timeout: float) -> bool:
         except subprocess.TimeoutExpired:
             return False
     deadline = time.monotonic() + timeout
-    while _alive(h.pid, h._start):
+    while alive(h.pid, h._start):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
     return True
 
 
-def _stop(h: TestHost) -> None:
-    if not _alive(h.pid, h._start):
+def stop(h: TestHost) -> None:
+    if not alive(h.pid, h._start):
         return
-    _kill(h.pid, signal.SIGTERM)            # nspawn turns this into an orderly shutdown
+    kill(h.pid, signal.SIGTERM)            # nspawn turns this into an orderly shutdown
     if _wait_gone(h, STOP_TIMEOUT):
         return
     log.warning("%s: still shutting down after %.0f s; killing it", h.name, STOP_TIMEOUT)
-    for child in _children(h.pid):
-        _kill(child, signal.SIGKILL)        # init first: killing only nspawn would orphan the container
-    _kill(h.pid, signal.SIGKILL)
+    for child in child_pids(h.pid):
+        kill(child, signal.SIGKILL)        # init first: killing only nspawn would orphan the container
+    kill(h.pid, signal.SIGKILL)
     _wait_gone(h, 10)
 
 
 def _kill_netns_pids(h: TestHost) -> None:
     """Whatever still runs in the host's netns belongs to an orphaned container."""
     if h.netns in _netns_names():
-        for pid in _sh("ip", "netns", "pids", h.netns, check=False).stdout.split():
-            _kill(int(pid), signal.SIGKILL)
+        for pid in sh("ip", "netns", "pids", h.netns, check=False).stdout.split():
+            kill(int(pid), signal.SIGKILL)
 
 
-def _unmount(h: TestHost) -> None:
-    if str(h.root) in _mountpoints():
+def unmount(h: TestHost) -> None:
+    if str(h.root) in mountpoints():
         for _ in range(20):                 # the container's last processes may hold it briefly
-            if _sh("umount", h.root, check=False).returncode == 0:
+            if sh("umount", h.root, check=False).returncode == 0:
                 return
             time.sleep(0.25)
-        _sh("umount", "-l", h.root)
+        sh("umount", "-l", h.root)
 
 
 def _del_network(h: TestHost) -> None:
     if h.netns in _netns_names():
-        _sh("ip", "netns", "del", h.netns)
+        sh("ip", "netns", "del", h.netns)
     if h.veth in _links():                  # usually gone with the netns that held its peer (asynchronously)
-        _sh("ip", "link", "del", h.veth, check=False)
+        sh("ip", "link", "del", h.veth, check=False)
 
 
 def _netns_names() -> set[str]:
-    return {line.split()[0] for line in _sh("ip", "netns", "list").stdout.splitlines() if line.strip()}
+    return {line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines() if line.strip()}
 
 
 def _links() -> set[str]:
-    out = _sh("ip", "-o", "link", "show").stdout
+    out = sh("ip", "-o", "link", "show").stdout
     return {m.group(1) for m in re.finditer(r"^\d+: ([^:@\s]+)", out, re.M)}
 
 
@@ -308,11 +308,11 @@ def _leftover_indices() -> set[int]:
     found |= {int(m.group(1)) for n in _netns_names() if (m := re.fullmatch(r"fleet-h(\d+)", n))}
     found |= {int(m.group(1)) for n in _links() if (m := re.fullmatch(r"vh-h(\d+)", n))}
     hosts_prefix = f"{HOSTS_DIR}/h"
-    found |= {int(m.group(1)) for mp in _mountpoints() if mp.startswith(hosts_prefix)
+    found |= {int(m.group(1)) for mp in mountpoints() if mp.startswith(hosts_prefix)
               and (m := re.match(r"(\d+)/", mp[len(hosts_prefix):] + "/"))}
     if HOSTS_DIR.is_dir():
         found |= {int(d.name[1:]) for d in HOSTS_DIR.iterdir() if re.fullmatch(r"h\d+", d.name)}
-    found |= {int(k) for k in _registry()}
+    found |= {int(k) for k in read_registry()}
     return found
 
 
@@ -320,7 +320,7 @@ def _find_nspawn(h: TestHost) -> int | None:
     """The nspawn process of a host whose owner crashed (it may not be in the registry)."""
     for d in os.listdir("/proc"):
         if d.isdigit():
-            args = _cmdline(int(d))
+            args = proc_cmdline(int(d))
             if args and args[0].endswith("systemd-nspawn") and str(h.root) in args:
                 return int(d)
     return None
@@ -328,15 +328,15 @@ def _find_nspawn(h: TestHost) -> int | None:
 
 def cleanup_stale() -> list[int]:
     """Remove leftovers of crashed runs: indices no live process locks and no detached host owns."""
-    detached = _live_detached()
+    detached = live_detached()
     cleaned = []
     for i in sorted(_leftover_indices()):
-        if i in _HELD or i in detached or not _try_lock(i):
+        if i in HELD or i in detached or not try_lock(i):
             continue
         try:
             h = TestHost.for_index(i)
             h.pid = _find_nspawn(h)
-            h._start = _proc_start(h.pid) if h.pid else None
+            h._start = proc_start(h.pid) if h.pid else None
             log.warning("removing stale test host %s", h.name)
             _destroy(h)
             cleaned.append(i)
@@ -381,11 +381,11 @@ def down() -> list[str]:
     return [h.name for h in hosts]
 
 
-def _mark_detached(hosts: Sequence[TestHost]) -> None:
+def mark_detached(hosts: Sequence[TestHost]) -> None:
     for h in hosts:
-        _register(h, detached=True)
+        register_host(h, detached=True)
 
 
 def detach(hosts: Sequence[TestHost]) -> None:
     """Leave hosts up after this process ends (owned by the registry until `down`)."""
-    _mark_detached(hosts)
+    mark_detached(hosts)

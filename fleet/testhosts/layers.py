@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from fleet.testhosts.base import _lower_dirs
-from fleet.testhosts.common import LAYERS, HostError, TestHost, _alive, _layer_stamp, _wipe
-from fleet.testhosts.hosts import _stop, _unmount, teardown
+from fleet.testhosts.base import lower_dirs
+from fleet.testhosts.common import LAYERS, HostError, TestHost, alive, layer_stamp, wipe
+from fleet.testhosts.hosts import stop, teardown, unmount
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +34,27 @@ def bake_layer(h: TestHost, name: str, prepare: str, info: Mapping[str, Any] | N
         raise HostError(f"bad layer name {name!r}: letters, digits, '.', '_' and '-'")
     dest = LAYERS / name
     if dest.exists():
-        if any(str(dest) in lowers for lowers in _lower_dirs()):
+        if any(str(dest) in lowers for lowers in lower_dirs()):
             raise HostError(f"layer {name} exists and hosts are booted from it; tear them down first")
-        _layer_stamp(dest).unlink(missing_ok=True)
-        _wipe(dest)
+        layer_stamp(dest).unlink(missing_ok=True)
+        wipe(dest)
     p = subprocess.run(h.ssh_command("sudo -n bash -s"), input=prepare, text=True, capture_output=True,
                        timeout=300)
     if p.returncode:
         raise HostError(f"{h.name}: preparing for imaging failed (exit {p.returncode}): {p.stderr.strip()[-2000:]}")
-    _stop(h)
-    if _alive(h.pid, h._start):
+    stop(h)
+    if alive(h.pid, h._start):
         raise HostError(f"{h.name} did not shut down; not baked")
-    _unmount(h)
+    unmount(h)
     LAYERS.mkdir(parents=True, exist_ok=True)
     tmp = LAYERS / f".{name}.tmp"
-    _wipe(tmp)
+    wipe(tmp)
     h.upper.rename(tmp)
     for rel in _PER_HOST_FILES:
         (tmp / rel).unlink(missing_ok=True)
     tmp.rename(dest)
     stamp = {"name": name, "from": h.name, "baked": time.strftime("%Y-%m-%dT%H:%M:%S"), **dict(info or {})}
-    _layer_stamp(dest).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")   # last: marks it complete
+    layer_stamp(dest).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")   # last: marks it complete
     teardown([h])
     return dest
 
@@ -63,14 +63,14 @@ def bake_layer(h: TestHost, name: str, prepare: str, info: Mapping[str, Any] | N
 
 def layer_info(layer: Path) -> dict[str, Any]:
     try:
-        return json.loads(_layer_stamp(Path(layer)).read_text())
+        return json.loads(layer_stamp(Path(layer)).read_text())
     except (FileNotFoundError, ValueError):
         return {}
 
 
 def remove_layer(layer: Path) -> None:
     layer = Path(layer)
-    if any(str(layer) in lowers for lowers in _lower_dirs()):
+    if any(str(layer) in lowers for lowers in lower_dirs()):
         raise HostError(f"{layer} is in use by booted hosts")
-    _layer_stamp(layer).unlink(missing_ok=True)
-    _wipe(layer)
+    layer_stamp(layer).unlink(missing_ok=True)
+    wipe(layer)

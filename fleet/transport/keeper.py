@@ -32,7 +32,9 @@ from typing import Any, Iterator
 from fleet.errors import FleetError
 from fleet.inventory.model import Host
 from fleet.transport.base import ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
-from fleet.transport.wire import PACKAGE, START_TIMEOUT_S, VERSION, _recv, _run_dir, _send, socket_path
+from fleet.transport.wire import PACKAGE, VERSION, recv, run_dir, send, socket_path
+
+START_TIMEOUT_S = 15                # how long a new keeper may take to answer before the command fails
 
 # --------------------------------------------------------------------------- the client side
 
@@ -74,8 +76,8 @@ class KeptConnection:
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            _send(self._sock, request)
-            reply = _recv(self._sock)
+            send(self._sock, request)
+            reply = recv(self._sock)
         except OSError:
             reply = None
         if reply is None:
@@ -126,12 +128,12 @@ def _greet(sock: socket.socket) -> bool:
 def _greeting(sock: socket.socket) -> str | None:
     """The keeper's version (one that is not ours is told to retire), or None if none answered."""
     try:
-        _send(sock, {"op": "hello"})
-        reply = _recv(sock)
+        send(sock, {"op": "hello"})
+        reply = recv(sock)
         if reply and reply.get("version") == VERSION:
             return VERSION
-        _send(sock, {"op": "exit"})
-        _recv(sock)
+        send(sock, {"op": "exit"})
+        recv(sock)
         return reply.get("version") if reply else None
     except OSError:
         return None
@@ -201,8 +203,8 @@ def _ask(state_dir: Path, request: dict[str, Any]) -> dict[str, Any] | None:
         return None
     with sock:
         try:
-            _send(sock, request)
-            return _recv(sock)
+            send(sock, request)
+            return recv(sock)
         except OSError:
             return None
 
@@ -231,17 +233,17 @@ def hello(state_dir: Path) -> dict[str, Any] | None:
 def stop_all_under(folder: Path) -> list[str]:
     """Stop every keeper of this user whose state folder lies under `folder` (test clean-up)."""
     stopped = []
-    for path in sorted(_run_dir().glob("keeper-*.sock")):
+    for path in sorted(run_dir().glob("keeper-*.sock")):
         sock = _connect_socket(path)
         if sock is None:
             continue
         with sock:
             try:
-                _send(sock, {"op": "hello"})
-                state = Path((_recv(sock) or {}).get("state_dir", "/nonexistent"))
+                send(sock, {"op": "hello"})
+                state = Path((recv(sock) or {}).get("state_dir", "/nonexistent"))
                 if state.is_relative_to(folder):
-                    _send(sock, {"op": "exit"})
-                    _recv(sock)
+                    send(sock, {"op": "exit"})
+                    recv(sock)
                     stopped.append(str(state))
             except OSError:
                 continue

@@ -15,7 +15,7 @@ from typing import Any
 
 from fleet.inventory.model import Host
 from fleet.transport.base import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
-from fleet.transport.wire import VERSION, _recv, _send
+from fleet.transport.wire import VERSION, recv, send
 
 # --------------------------------------------------------------------------- the keeper itself
 
@@ -148,9 +148,9 @@ class Keeper:
                 creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
                 if struct.unpack("3i", creds)[1] != os.getuid():
                     return  # only the user who owns the connections may use them
-                while (request := _recv(client)) is not None:
+                while (request := recv(client)) is not None:
                     reply = self._handle(request, session)
-                    _send(client, reply)   # the keeper does not end before this is sent
+                    send(client, reply)   # the keeper does not end before this is sent
                     if request.get("op") == "exit":
                         return
         except OSError:

@@ -24,18 +24,17 @@ SERVED_BY = ("__init__.py", "errors.py", "inventory/__init__.py", "inventory/mod
              "transport/wire.py")
 VERSION = hashlib.sha256(b"".join(name.encode() + b"\0" + (PACKAGE / name).read_bytes() + b"\0"
                                   for name in SERVED_BY)).hexdigest()[:16]
-START_TIMEOUT_S = 15
 
 
 # --------------------------------------------------------------------------- wire format
 # Each message is a 4-byte length and a JSON object.
 
-def _send(sock: socket.socket, message: dict[str, Any]) -> None:
+def send(sock: socket.socket, message: dict[str, Any]) -> None:
     data = json.dumps(message).encode()
     sock.sendall(struct.pack("!I", len(data)) + data)
 
 
-def _recv(sock: socket.socket) -> dict[str, Any] | None:
+def recv(sock: socket.socket) -> dict[str, Any] | None:
     header = _read_exactly(sock, 4)
     if header is None:
         return None
@@ -56,7 +55,7 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
 
 # --------------------------------------------------------------------------- where it listens
 
-def _run_dir() -> Path:
+def run_dir() -> Path:
     folder = Path(tempfile.gettempdir()) / f"jupyter-fleet-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     info = folder.lstat()
@@ -69,4 +68,4 @@ def _run_dir() -> Path:
 def socket_path(state_dir: Path) -> Path:
     # Named after the state folder (its path may be too long for a socket address).
     key = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:20]
-    return _run_dir() / f"keeper-{key}.sock"
+    return run_dir() / f"keeper-{key}.sock"

@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.aws import cloud
-
-from fleet.aws import images
-
+from fleet.aws import cloud, images
 from fleet.engine import recipe
 from fleet.inventory import files as inventory_mod
 from tests.aws.test_cloud import CIDR, REGION, REPO, _run_task, ami, aws, moto_url, up  # noqa: F401 (fixtures)
@@ -85,7 +82,7 @@ def test_a_changed_recipe_makes_the_image_stale_and_launch_falls_back(aws, baked
     assert proc.returncode == 0, proc.stderr
     assert "no image matches the current recipe" in proc.stdout and "1 stale" in proc.stdout
     new = [i for i in cloud.course_instances(COURSE) if i.id != baked["source"].id]
-    base = cloud.resolve_ami(*cloud._ec2(None)[:2])
+    base = cloud.resolve_ami(*cloud.ec2_session(None)[:2])
     assert [instance_image(aws, i.id) for i in new] == [base] != [baked["image"].id]
     listing = task(["images", "--course", COURSE, "--inventory", str(changed)])
     assert listing.returncode == 0, listing.stderr
@@ -201,9 +198,8 @@ def test_bake_refuses_bad_input_before_touching_anything(aws, baked, tmp_path):
 
 @pytest.mark.parametrize("roles", [["jupyter"], ["jupyter", "autostop"], ["repos"], ["jupyter", "clusters", "r_kernel"]])
 def test_the_prepare_script_parses_and_removes_what_the_roles_write(roles):
-    from roles import autostop, jupyter
-
     from fleet.engine import imageprep
+    from roles import autostop, jupyter
 
     text = imageprep.script({"roles": roles, "jupyter_service": "jupyter"})
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet.errors import FleetError
+from fleet.inventory.model import Host
 from fleet.transport import keeper, keeperd, wire
 from fleet.transport.base import ConnectOptions, Unreachable
 from fleet.transport.connection import connect
-from fleet.errors import FleetError
-from fleet.inventory.model import Host
 from tests.fixtures import fleet
 
 
@@ -129,10 +129,10 @@ def _gone_or_up(path: Path) -> bool:
 def test_unknown_requests_get_an_error_not_a_crash(state):
     sock = keeper._keeper_socket(state, persist=60)
     with sock:
-        keeper._send(sock, {"op": "run", "script": "true", "timeout": 5})   # run before open
-        assert keeper._recv(sock)["error"] == "protocol"
-        keeper._send(sock, {"op": "bogus"})
-        assert keeper._recv(sock)["error"] == "protocol"
+        keeper.send(sock, {"op": "run", "script": "true", "timeout": 5})   # run before open
+        assert keeper.recv(sock)["error"] == "protocol"
+        keeper.send(sock, {"op": "bogus"})
+        assert keeper.recv(sock)["error"] == "protocol"
     assert _pid(state)                                 # still serving
     keeper.stop(state)
 
@@ -309,13 +309,13 @@ def test_the_keeper_answers_exit_before_it_ends(state, monkeypatch):
     """The keeper must not end while a reply is on its way (issue 12's flaky `stop() == 0`):
     here the reply to `exit` is held back until the test lets it go."""
     release = threading.Event()
-    real_send = keeperd._send
+    real_send = keeperd.send
 
     def slow_send(sock, message):
         if "closed" in message:          # the keeper's answer to exit
             release.wait(30)
         real_send(sock, message)
-    monkeypatch.setattr(keeperd, "_send", slow_send)
+    monkeypatch.setattr(keeperd, "send", slow_send)
     serving_keeper = keeperd.Keeper(keeper.socket_path(state), state, persist=60)
     serving = threading.Thread(target=serving_keeper.serve, daemon=True)
     serving.start()
