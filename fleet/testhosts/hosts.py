@@ -28,15 +28,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
-
-import yaml
+from typing import Iterable, Sequence
 
 from fleet.testhosts.base import controller_setup, ensure_base
 from fleet.testhosts.common import (BASE, BASE_LOCK, CONTROLLER_ALIAS, HELD,  # noqa: F401 (for users of this module)
                                     HOSTS_DIR, KEY, PIP_CACHE, REQUIRED_TOOLS, RUN, SSH_TIMEOUT, STATE, STOP_TIMEOUT,
                                     HostError, TestHost, alive, child_pids, file_lock, kill, layer_stamp, log_tail,
                                     mountpoints, proc_cmdline, proc_start, sh, wipe)
+from fleet.testhosts.inventories import write_inventory
 from fleet.testhosts.registry import (allocate, claim_indices, live_detached, read_registry, register_host, registered,
                                       release, try_lock, unregister_host)
 
@@ -160,6 +159,7 @@ def _wait_all(hosts: Sequence[TestHost], timeout: float) -> None:
                 log.warning("%s: no ssh after %.0f s; pending jobs:\n%s\nbooting it again", h.name, timeout, jobs)
                 power_cut(h)
                 boot_again(h, timeout)
+            _wait_running(h, timeout)
         except BaseException:
             abort.set()
             raise
@@ -167,6 +167,34 @@ def _wait_all(hosts: Sequence[TestHost], timeout: float) -> None:
     with ThreadPoolExecutor(max_workers=min(32, len(hosts) or 1)) as ex:
         for f in [ex.submit(wait, h) for h in hosts]:
             f.result()
+
+
+# The boot's end state, then, unless it is "running", what failed and what the boot logged.
+_BOOT_STATE = ('state=$(systemctl is-system-running --wait); echo "$state"; [ "$state" = running ] || '
+               '{ systemctl --failed --no-legend --no-pager; sudo -n journalctl -b -p warning --no-pager | tail -30; }')
+
+
+def _boot_state(h: TestHost, timeout: float) -> tuple[bool, str]:
+    try:
+        p = h.run(_BOOT_STATE, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"the boot had not finished after {timeout:.0f} s"
+    return p.stdout.partition("\n")[0] == "running", (p.stdout + p.stderr).strip()
+
+
+def _wait_running(h: TestHost, timeout: float) -> None:
+    """A host is handed out with its boot finished and no unit failed ("running"), as tests and
+    provisioning expect; a degraded boot (seen once in a CI run, cause unrecorded) is logged and
+    booted once more, and a second one fails the boot with what failed."""
+    running, report = _boot_state(h, 2 * timeout)
+    if running:
+        return
+    log.warning("%s: the boot ended %s\nbooting it again", h.name, report)
+    power_cut(h)
+    boot_again(h, timeout)
+    running, report = _boot_state(h, 2 * timeout)
+    if not running:
+        raise HostError(f"{h.name}: systemd is not running after a second boot: {report}")
 
 
 def _wait_ssh(h: TestHost, timeout: float, abort: threading.Event | None = None) -> None:
@@ -343,32 +371,6 @@ def cleanup_stale() -> list[int]:
         finally:
             release(i)
     return cleaned
-
-
-# --------------------------------------------------------------------------- inventory
-
-def write_inventory(hosts: Iterable[TestHost], path: str | Path, vars: Mapping[str, Any] | None = None,
-                    groups: Mapping[str, Any] | None = None) -> Path:
-    """Write our tool's native YAML inventory: optional all-level vars and groups, then hosts.
-
-    A group is a list of hosts (TestHost or name) or a mapping {hosts: [...], vars: {...}}.
-    """
-    doc: dict[str, Any] = {}
-    if vars is not None:
-        doc["vars"] = dict(vars)
-    if groups is not None:
-        doc["groups"] = {name: _group(spec) for name, spec in groups.items()}
-    doc["hosts"] = {h.name: {"address": h.address, "user": h.user, "port": h.port, "key": str(h.key)}
-                    for h in hosts}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-    return path
-
-
-def _group(spec: Any) -> dict[str, Any]:
-    members, gvars = (spec.get("hosts", []), spec.get("vars", {})) if isinstance(spec, Mapping) else (spec, {})
-    return {"hosts": [m.name if isinstance(m, TestHost) else str(m) for m in members], "vars": dict(gvars)}
 
 
 # --------------------------------------------------------------------------- CLI

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -12,6 +14,7 @@ import pytest
 import yaml
 
 from fleet.testhosts import hosts as testhosts
+from fleet.testhosts import layers
 from fleet.testhosts.hosts import CONTROLLER_ALIAS, TestHost
 
 
@@ -120,3 +123,40 @@ def test_power_cut_keeps_the_disk(two_hosts: list[TestHost]) -> None:
     assert time.monotonic() - t0 < testhosts.SSH_TIMEOUT
     assert h.run("cat ~/marker").stdout == "before-the-cut\n"
     assert h.run("cat /proc/sys/kernel/random/boot_id").stdout != boot_id
+
+
+def _layer_with_failing_unit(name: str, once: bool) -> Path:
+    """A hand-made layer whose one unit fails at boot: on the first boot only, or on every boot."""
+    layer = layers.LAYERS / name
+    units = layer / "etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    guard = "ConditionPathExists=!/var/lib/failed-once\n" if once else ""
+    (units / "fail-at-boot.service").write_text(
+        f"[Unit]\n{guard}[Service]\nType=oneshot\nExecStart=/bin/sh -c 'touch /var/lib/failed-once; exit 3'\n"
+        "[Install]\nWantedBy=multi-user.target\n")
+    (units / "multi-user.target.wants/fail-at-boot.service").symlink_to("../fail-at-boot.service")
+    for path in [layer, *layer.rglob("*")]:      # world-readable in the host whatever our umask is
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    layers.layer_stamp(layer).write_text(json.dumps({"name": name}))
+    return layer
+
+
+@pytest.mark.hosts
+@pytest.mark.parametrize("once", [True, False], ids=["fails-once", "fails-always"])
+def test_a_degraded_boot_is_booted_again_or_refused(once: bool, caplog: pytest.LogCaptureFixture) -> None:
+    layer = _layer_with_failing_unit(f"test-degraded-{uuid.uuid4().hex[:8]}", once)
+    try:
+        if once:
+            [h] = testhosts.boot(1, layer=layer)
+            try:
+                assert h.run("systemctl is-system-running").stdout.strip() == "running"
+                assert h.run("test -e /var/lib/failed-once", check=False).returncode == 0   # it did fail, once
+                assert "fail-at-boot.service" in caplog.text and "booting it again" in caplog.text
+            finally:
+                testhosts.teardown([h])
+        else:
+            with pytest.raises(testhosts.HostError, match=r"(?s)not running after a second boot.*fail-at-boot\.service"):
+                testhosts.boot(1, layer=layer)
+    finally:
+        layers.remove_layer(layer)
