@@ -153,10 +153,9 @@ def _wait_all(hosts: Sequence[TestHost], timeout: float) -> None:
                     raise
                 # Seen rarely under heavy load: a boot stalls with /run/nologin in place (sshd
                 # refuses `ubuntu` by PAM). Record what systemd was waiting for, then boot it once more.
-                jobs = subprocess.run(h.ssh_command("systemctl list-jobs --no-pager | head -20")[:-2]
-                                      + [f"root@{h.address}", "systemctl list-jobs --no-pager | head -20"],
+                jobs = subprocess.run(h.ssh_command("")[:-2] + [f"root@{h.address}", _STALL_STATE],
                                       text=True, capture_output=True).stdout.strip()
-                log.warning("%s: no ssh after %.0f s; pending jobs:\n%s\nbooting it again", h.name, timeout, jobs)
+                log.warning("%s: no ssh after %.0f s; what root sees:\n%s\nbooting it again", h.name, timeout, jobs)
                 power_cut(h)
                 boot_again(h, timeout)
             _wait_running(h, timeout)
@@ -168,6 +167,10 @@ def _wait_all(hosts: Sequence[TestHost], timeout: float) -> None:
         for f in [ex.submit(wait, h) for h in hosts]:
             f.result()
 
+
+# What a stalled boot was doing, asked as root (whom pam_nologin lets in): its jobs, failed units, nologin.
+_STALL_STATE = ("systemctl list-jobs --no-pager | head -20; systemctl --failed --no-legend --no-pager; "
+                "test -e /run/nologin && echo '/run/nologin is still there'")
 
 # The boot's end state, then, unless it is "running", what failed and what the boot logged.
 _BOOT_STATE = ('state=$(systemctl is-system-running --wait); echo "$state"; [ "$state" = running ] || '
