@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from fleet.testhosts import cgroups
 from fleet.testhosts.base import controller_setup, ensure_base
 from fleet.testhosts.common import (BASE, BASE_LOCK, CONTROLLER_ALIAS, HELD,  # noqa: F401 (for users of this module)
                                     HOSTS_DIR, KEY, PIP_CACHE, REQUIRED_TOOLS, RUN, SSH_TIMEOUT, STATE, STOP_TIMEOUT,
@@ -134,7 +135,7 @@ def _nspawn_command(h: TestHost) -> list[str]:
 def _start(h: TestHost) -> None:
     with open(h.console, "ab") as out:
         # own session: a Ctrl-C in the caller's terminal must not reach the containers
-        h._proc = subprocess.Popen(_nspawn_command(h), stdin=subprocess.DEVNULL, stdout=out,
+        h._proc = subprocess.Popen(cgroups.start_inside(h.name, _nspawn_command(h)), stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     h.pid, h._start = h._proc.pid, proc_start(h._proc.pid)
     h._torn_down = False
@@ -263,7 +264,7 @@ def teardown(hosts: Iterable[TestHost]) -> None:
 
 
 def _destroy(h: TestHost) -> None:
-    steps = (stop, _kill_netns_pids, unmount, _del_network, lambda h: wipe(h.dir),
+    steps = (stop, _kill_netns_pids, lambda h: cgroups.remove(h.name), unmount, _del_network, lambda h: wipe(h.dir),
              lambda h: unregister_host(h.index))
     for step in steps:
         try:

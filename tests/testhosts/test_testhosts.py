@@ -13,8 +13,10 @@ from typing import Callable, Iterator
 import pytest
 import yaml
 
+from fleet.testhosts import cgroups
 from fleet.testhosts import hosts as testhosts
 from fleet.testhosts import layers
+from fleet.testhosts.common import child_pids
 from fleet.testhosts.hosts import CONTROLLER_ALIAS, TestHost
 
 
@@ -50,6 +52,28 @@ def test_systemd_is_running(two_hosts: list[TestHost]) -> None:
             "systemctl --failed --no-legend --no-pager; systemctl list-jobs --no-pager; "
             "journalctl -b -p warning --no-pager | tail -40", check=False).stdout
         assert state == "running", f"{h.name}: {state}\n{why}"
+
+
+@pytest.mark.hosts
+def test_each_host_has_cgroups_of_its_own(two_hosts: list[TestHost]) -> None:
+    # Sharing one, the hosts' systemds made and removed each other's unit cgroups (degraded boots).
+    seen = []
+    for h in two_hosts:
+        [init] = child_pids(h.pid)
+        lines = Path(f"/proc/{init}/cgroup").read_text().splitlines()
+        managed = [line for line in lines if line.split(":")[1] in ("", "name=systemd")]
+        assert managed and all(f"/fleet-{h.name}/payload" in line for line in managed), lines
+        seen.append(managed)
+    assert seen[0] != seen[1]
+
+
+@pytest.mark.hosts
+def test_a_hosts_cgroups_go_with_it() -> None:
+    [h] = testhosts.boot(1)
+    groups = cgroups.for_host(h.name)
+    assert groups and all((g / "payload").is_dir() for g in groups)
+    testhosts.teardown([h])
+    assert [g for g in groups if g.exists()] == []
 
 
 @pytest.mark.hosts
