@@ -135,8 +135,8 @@ def _nspawn_command(h: TestHost) -> list[str]:
 def _start(h: TestHost) -> None:
     with open(h.console, "ab") as out:
         # own session: a Ctrl-C in the caller's terminal must not reach the containers
-        h._proc = subprocess.Popen(cgroups.start_inside(h.name, _nspawn_command(h)), stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        h._proc = subprocess.Popen(cgroups.start_inside(h.name, _nspawn_command(h)), stdin=subprocess.DEVNULL,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     h.pid, h._start = h._proc.pid, proc_start(h._proc.pid)
     h._torn_down = False
     register_host(h)
@@ -188,8 +188,9 @@ def _boot_state(h: TestHost, timeout: float) -> tuple[bool, str]:
 
 def _wait_running(h: TestHost, timeout: float) -> None:
     """A host is handed out with its boot finished and no unit failed ("running"), as tests and
-    provisioning expect; a degraded boot (seen once in a CI run, cause unrecorded) is logged and
-    booted once more, and a second one fails the boot with what failed."""
+    provisioning expect; a degraded boot is logged and booted once more, and a second one fails
+    the boot with what failed. (Degraded boots came from hosts sharing one cgroup, which
+    cgroups.py ended; this stays so that another cause shows its units rather than a flaky test.)"""
     running, report = _boot_state(h, 2 * timeout)
     if running:
         return

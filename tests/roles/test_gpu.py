@@ -486,14 +486,19 @@ def test_command_with_a_failing_driver_still_exits_0(tmp_path: Path) -> None:
     assert "== gpu.query rc=9 ==" in done.stdout
 
 
-def test_command_reads_nothing_from_stdin(tmp_path: Path) -> None:
-    # The engine feeds its batched probe to `bash -s`: the lines after the fact must still run.
+def fake_smi_on_path(tmp_path: Path, fake: str) -> dict[str, str]:
+    """An environment whose PATH finds this fake nvidia-smi first, then the system's tools."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     smi = bindir / "nvidia-smi"
-    smi.write_text(FAKE_470)
+    smi.write_text(fake)
     smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    return {**os.environ, "PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def test_command_reads_nothing_from_stdin(tmp_path: Path) -> None:
+    # The engine feeds its batched probe to `bash -s`: the lines after the fact must still run.
+    env = fake_smi_on_path(tmp_path, FAKE_470)
     done = subprocess.run(["bash", "-s"], input=f"( {COMMAND}\n) 2>&1\necho END-OF-PROBE\n",
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0 and done.stdout.rstrip().endswith("END-OF-PROBE")
@@ -502,12 +507,7 @@ def test_command_reads_nothing_from_stdin(tmp_path: Path) -> None:
 
 def test_gpu_fact_in_the_engines_batched_probe(tmp_path: Path) -> None:
     from fleet.engine.remote import Probe
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    smi = bindir / "nvidia-smi"
-    smi.write_text(FAKE_470)
-    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    env = fake_smi_on_path(tmp_path, FAKE_470)
     probe = Probe([GPU_FACT], [])
     done = subprocess.run(["bash", "-s"], input=probe.script(), capture_output=True, text=True,
                           env=env, timeout=60)
