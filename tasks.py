@@ -61,10 +61,17 @@ def tunnel(c, host, inventory=None, local_port=None, open=False):
     cli.tunnel(host=host, inventory=inventory, local_port=local_port, run=open)
 
 
-@task(help={"hosts": HOSTS, "inventory": INVENTORY, "format": "csv or md", "output": "file to write (default: stdout)"})
-def handout(c, hosts="all", inventory=None, format="md", output=None):
-    """One row per host for students: host, address, tunnel command, URL with token."""
-    cli.handout(hosts=hosts, inventory=inventory, fmt=format, output=output)
+@task(help={"hosts": HOSTS, "inventory": INVENTORY, "format": "csv or md", "output": "file to write (default: stdout)",
+            "bundle": "write one folder per student here instead: their key, tunnel commands, URL, how-to"})
+def handout(c, hosts="all", inventory=None, format="md", output=None, bundle=None):
+    """The instructor's class list (student, host, tunnel, URL with token), or --bundle DIR: one folder per student."""
+    cli.handout(hosts=hosts, inventory=inventory, fmt=format, output=output, bundle=bundle)
+
+
+@task(help={"inventory": INVENTORY})
+def students(c, inventory=None):
+    """Who has which machine (the roster), how they log in, and what their key opens."""
+    cli.students(inventory=inventory)
 
 
 @task(help={"hosts": HOSTS, "inventory": INVENTORY, "insecure-host-keys": "accept any host key"})
@@ -119,7 +126,7 @@ def bench(c, hosts="1,10,30", json="bench/results.json", baked_only=False):
     cli.bench(counts=[int(n) for n in str(hosts).split(",") if n.strip()], json_path=json, baked_only=baked_only)
 
 
-ns = Collection(provision, check, facts, vars, tunnel, handout, gpus, report, disconnect, demo, demo_down, test, bench)
+ns = Collection(provision, check, facts, vars, tunnel, handout, students, gpus, report, disconnect, demo, demo_down, test, bench)
 try:
     from fleet.aws import tasks as tasks_cloud  # launch, status, stop, start, terminate, snapshot, bake, images (boto3)
 

@@ -1,23 +1,34 @@
-"""How students reach a host: the SSH tunnel command and the Jupyter URL with its token, one
-host at a time (`tunnel`) or as a handout for the class (`handout`, the demo)."""
+"""How students reach their machine: the SSH tunnel command and the Jupyter URL with its token,
+one host at a time (`tunnel`), as the instructor's class-wide handout (`handout`), or as one
+folder per student holding only that student's key, commands and URL (`handout --bundle`).
+
+Every row names the student's own key and the course user, never the admin login or its key:
+the student's key opens that student's machine only (roles/jupyter/login.py).
+"""
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import shlex
+import shutil
+import tempfile
+from pathlib import Path
 
-from fleet import app
+from fleet import app, atomic
+from fleet.engine import state
 from fleet.errors import InputError
 
-COLUMNS = ["student", "host", "address", "tunnel", "url"]
+COLUMNS = ["student", "email", "host", "address", "login", "tunnel", "url"]
+BUNDLE_KEY = "id_ed25519"
 
 # What may stand where ssh expects a destination: never an option (no leading '-'), no spaces.
 _ADDRESS = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9_.:%\[\]-]*")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-def check_destination(session: app.Session, host) -> None:
+def check_destination(session: app.Session, host, login: str) -> None:
     where = session.inventory.source
     if not _ADDRESS.fullmatch(host.address or ""):
         raise InputError(f"expected a host name or an IP address, got {host.address!r}", file=where,
@@ -25,6 +36,9 @@ def check_destination(session: app.Session, host) -> None:
     if host.user is not None and not _USER.fullmatch(host.user):
         raise InputError(f"expected a user name (letters, digits, '_', '.', '-'; not starting with '-'), "
                          f"got {host.user!r}", file=where, key=f"hosts.{host.name}.user")
+    if not _USER.fullmatch(login):
+        raise InputError(f"expected a user name (letters, digits, '_', '.', '-'; not starting with '-'), "
+                         f"got {login!r}", file=where, key="course_user")
 
 
 def parse_local_port(value: object) -> int | None:
@@ -37,33 +51,40 @@ def parse_local_port(value: object) -> int | None:
     return int(text)
 
 
-def access(session: app.Session, name: str, local: int | None = None) -> dict:
-    from fleet.engine.compile import host_vars
-
+def access(session: app.Session, name: str, local: int | None = None, key_path: str | None = None) -> dict:
+    """How the host's student reaches its Jupyter. `key_path` replaces where the student's private key
+    is (a bundle names its own copy); a student who gave their own public key uses their usual key."""
     host = session.inventory.hosts[name]
-    check_destination(session, host)
-    values = {k: v.value for k, v in host_vars(session.inventory, name, session.roleset, {}, session.secrets).items()}
+    values = session.values(name)
+    login = str(values["course_user"])
+    check_destination(session, host, login)
+    student = session.inventory.students.get(name)
+    own_key = bool(student and student.ssh_key)
+    key = None if own_key else (key_path or str(session.secrets.students.private_path(str(values["student"]))))
     port = int(values["jupyter_port"])
     local = local or port
     ssh = ["ssh", "-N", "-L", f"{local}:localhost:{port}"]
-    if host.key:
-        ssh += ["-i", host.key]
+    if key:
+        ssh += ["-i", key]
     if host.port and host.port != 22:
         ssh += ["-p", str(host.port)]
     # `--`: whatever follows is the destination, never an option, even if a check above is loosened.
-    ssh += ["--", f"{host.user}@{host.address}" if host.user else host.address]
+    ssh += ["--", f"{login}@{host.address}"]
     auth = values.get("jupyter_auth", "token")
     url = f"http://localhost:{local}/lab" + (f"?token={values['jupyter_token']}" if auth == "token" else "")
-    return {"host": name, "student": values.get("student", name), "address": host.address,
-            "tunnel": shlex.join(ssh), "url": url, "argv": ssh}
-
+    return {"host": name, "student": values["student"], "email": values.get("student_email", ""),
+            "address": host.address, "login": login, "tunnel": shlex.join(ssh), "url": url, "argv": ssh,
+            "own_key": own_key, "port": host.port or 22}
 
 
 def handout(session: app.Session, hosts: str, fmt: str) -> tuple[str, int]:
-    """One row per selected host, as CSV or a Markdown table; the text and its number of rows."""
+    """The instructor's class-wide handout (every student's row and token), as CSV or a Markdown
+    table; the text and its number of rows. Students get `bundle`s, not this."""
     if fmt not in ("csv", "md"):
         raise InputError(f"expected csv or md, got {fmt!r}", key="--format")
-    rows = [access(session, name) for name in session.select(hosts)]
+    names = session.select(hosts)
+    rows = [access(session, name) for name in names]
+    state.record_handout(session.inventory.name, names)
     buffer = io.StringIO()
     if fmt == "csv":
         writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -74,3 +95,69 @@ def handout(session: app.Session, hosts: str, fmt: str) -> tuple[str, int]:
         for row in rows:
             buffer.write("| " + " | ".join(f"`{row[c]}`" if c in ("tunnel", "url") else str(row[c]) for c in COLUMNS) + " |\n")
     return buffer.getvalue(), len(rows)
+
+
+def bundle(session: app.Session, hosts: str, directory: str) -> list[tuple[str, Path]]:
+    """One folder per student under `directory` (mode 0700): their private key (none when they gave
+    their own public key), tunnel commands for Linux/macOS and Windows, their URL and a how-to. A
+    folder holds one student's credentials only; it is written whole and renamed into place."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    names = session.select(hosts)
+    rows = [access(session, name, key_path=BUNDLE_KEY) for name in names]
+    state.record_handout(session.inventory.name, names)
+    written = []
+    for row in rows:
+        files = _bundle_files(session, row)
+        target = root / row["student"]
+        scratch = Path(tempfile.mkdtemp(prefix=f".{row['student']}.", dir=root))
+        try:
+            for name, (content, mode) in files.items():
+                atomic.replace(scratch / name, content, mode=mode)
+            old = root / f".{row['student']}.old"
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.rename(target, old)
+            os.rename(scratch, target)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        written.append((row["student"], target))
+    return written
+
+
+def _bundle_files(session: app.Session, row: dict) -> dict[str, tuple[str | bytes, int]]:
+    argv = row["argv"]
+    files: dict[str, tuple[str | bytes, int]] = {}
+    if not row["own_key"]:
+        files[BUNDLE_KEY] = (session.secrets.students.private_path(row["student"]).read_bytes(), 0o600)
+    unix = ["ssh", *argv[1:]]
+    windows = [("%~dp0" + BUNDLE_KEY) if a == BUNDLE_KEY else a for a in argv[1:]]
+    files["tunnel.sh"] = ("#!/bin/sh\n# Opens the tunnel to your Jupyter; leave it running, then open url.txt.\n"
+                          'cd "$(dirname "$0")" || exit 1\n'
+                          + ("chmod 600 " + BUNDLE_KEY + "\n" if not row["own_key"] else "")
+                          + "exec " + shlex.join(unix) + "\n", 0o700)
+    files["tunnel.cmd"] = ("@echo off\r\nrem Opens the tunnel to your Jupyter with Windows' own OpenSSH; leave it open, "
+                           "then open url.txt.\r\n"
+                           + "ssh.exe " + " ".join(f'"{a}"' if "%" in a or " " in a else a for a in windows) + "\r\n", 0o600)
+    files["url.txt"] = (row["url"] + "\n", 0o600)
+    files["README.txt"] = (_howto(row), 0o600)
+    return files
+
+
+def _howto(row: dict) -> str:
+    key = ("your own SSH key (the public key you gave the instructor)" if row["own_key"]
+           else f"the key in this folder ({BUNDLE_KEY}); keep it private, it is yours alone")
+    return (f"Your Jupyter: {row['student']}\n\n"
+            f"Your machine is {row['address']}; you log in as {row['login']} with {key}.\n"
+            "It opens one thing: the tunnel to your own Jupyter.\n\n"
+            "1. Open the tunnel and leave it running:\n"
+            "   Linux or macOS: sh tunnel.sh\n"
+            "   Windows 10/11 (built-in OpenSSH): double-click tunnel.cmd\n"
+            f"   (the command itself: {row['tunnel']})\n"
+            "2. Open the address in url.txt in your browser. It holds your token: do not share it.\n\n"
+            "The first time, ssh asks you to confirm the machine's key fingerprint; your instructor can tell\n"
+            "you what it should be.\n")

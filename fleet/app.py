@@ -21,7 +21,7 @@ from fleet.engine.runner import RunOptions, Stop, parse_max_fail, run_fleet
 from fleet.engine.secrets import CourseSecrets, Masker
 from fleet.errors import InputError
 from fleet.inventory import files as inventory_mod
-from fleet.inventory import patterns
+from fleet.inventory import patterns, roster
 from fleet.inventory.model import Inventory
 from fleet.inventory.variables import parse_set
 from fleet.transport.base import ConnectOptions
@@ -44,6 +44,9 @@ def load_inventory(source: str | None) -> Inventory:
         course = source[4:]
         data = inventory_hosts(course)
         data.setdefault("name", course)
+        beside = roster.find(PROJECT / "inventory" / f"{course}.yml")  # the course's roster, as for a file
+        if beside and "roster" not in data:
+            data["roster"] = str(beside)
         return inventory_mod.from_data(data, source)
     return inventory_mod.load(source)
 
@@ -62,6 +65,11 @@ class Session:
         inv = load_inventory(inventory)
         masker = Masker()
         return cls(inv, RoleSet(), masker, CourseSecrets(state.state_dir() / "secrets", inv.name, masker))
+
+    def values(self, host: str) -> dict:
+        """A host's variables, plain values (no provenance)."""
+        merged = host_vars(self.inventory, host, self.roleset, {}, self.secrets)
+        return {k: v.value for k, v in merged.items()}
 
     def select(self, pattern: str) -> list[str]:
         return patterns.select(self.inventory, pattern, state.last_failed(self.inventory.source))

@@ -58,7 +58,7 @@ except Exception as exc:
     out["error"] = (exc.__class__.__name__ + ": " + str(exc))[:200]
 print(json.dumps(out))
 """
-    return f"python3 - <<'__FLEET_PY__'\n{program}\n__FLEET_PY__"
+    return f"python3 -I - <<'__FLEET_PY__'\n{program}\n__FLEET_PY__"
 
 
 def jupyter_fact(address: str, port: int, token: str) -> Fact:

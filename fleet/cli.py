@@ -88,15 +88,42 @@ def tunnel(host: str, inventory: str | None, local_port: object, run: bool) -> N
 
 
 @user_errors
-def handout(hosts: str, inventory: str | None, fmt: str, output: str | None) -> None:
-    text, count = access.handout(app.Session.open(inventory), hosts, fmt)
+def handout(hosts: str, inventory: str | None, fmt: str, output: str | None, bundle: str | None = None) -> None:
+    session = app.Session.open(inventory)
+    if bundle:
+        written = access.bundle(session, hosts, bundle)
+        for student, folder in written:
+            console.print(f"{student}: {folder}", highlight=False)
+        console.print(f"wrote {len(written)} student bundles under {bundle} (each folder is one student's: their "
+                      "key, tunnel commands, URL with token; hand each student theirs only)")
+        return
+    text, count = access.handout(session, hosts, fmt)
     if output:
         # The handout holds tokens: owner-only, written whole.
         path = Path(output)
         atomic.replace(path, text, mode=0o600)
-        console.print(f"wrote {count} rows to {path} (mode 0600: it contains tokens)")
+        console.print(f"wrote {count} rows to {path} (mode 0600: the instructor's copy, with every student's "
+                      f"token; hand students their own `--bundle` folder instead)")
     else:
         sys.stdout.write(text)
+
+
+@user_errors
+def students(inventory: str | None) -> None:
+    session = app.Session.open(inventory)
+    table = Table(title=f"Students of {session.inventory.name}", show_edge=False)
+    for column in ("student", "email", "host", "address", "login", "key", "opens"):
+        table.add_column(column)
+    for name in session.inventory.hosts:
+        row = access.access(session, name)
+        values = session.values(name)
+        opens = "tunnel to Jupyter" + (", shell" if values["student_ssh"] == "shell" else "")
+        opens += " (sudo)" if values["student_sudo"] else ""
+        student = session.inventory.students[name]
+        key = "own key (roster)" if row["own_key"] else str(session.secrets.students.private_path(row["student"]))
+        table.add_row(row["student"] + ("" if student.named else " (placeholder)"), row["email"], name,
+                      row["address"], row["login"], key, opens)
+    console.print(table)
 
 
 @user_errors

@@ -2,6 +2,7 @@
 all checked before a single connection is opened."""
 from __future__ import annotations
 
+import getpass
 import os
 from functools import partial
 from pathlib import Path
@@ -11,18 +12,56 @@ from fleet.engine.roles import HostPlan, RoleContext, RoleSet, Templates
 from fleet.engine.secrets import CourseSecrets, Masker
 from fleet.engine.steps import Handler, Step, Verify
 from fleet.errors import InputError, InputErrors
-from fleet.inventory.model import Inventory
+from fleet.inventory.model import Host, Inventory
 from fleet.inventory.variables import HostVars, Var, inventory_layers, merge, render
 
 
 def host_vars(inventory: Inventory, name: str, roleset: RoleSet, overrides: dict,
               secrets: CourseSecrets) -> dict[str, Var]:
     host = inventory.hosts[name]
-    builtin = {"inventory_hostname": name, "host_address": host.address, "course": inventory.name}
+    builtin = {"inventory_hostname": name, "host_address": host.address, "course": inventory.name,
+               **student_vars(inventory, name, secrets)}
     layers = [("built-in", builtin)] + roleset.default_layers() + inventory_layers(inventory, host)
     layers.append(("--set", overrides))
     functions = {"host_secret": partial(secrets.host_secret, name), "argon2": partial(secrets.argon2_hash, name)}
     return render(merge(layers), functions)
+
+
+def student_vars(inventory: Inventory, name: str, secrets: CourseSecrets) -> dict[str, str]:
+    """The host's student (fleet/inventory/roster.py) and the public key that opens their login."""
+    student = inventory.students.get(name)
+    if student is None:  # an inventory built in memory without a roster check
+        return {"student": name, "student_email": "", "student_key": secrets.students.public_key(name)}
+    key = student.ssh_key or secrets.students.public_key(student.name)
+    return {"student": student.name, "student_email": student.email, "student_key": key}
+
+
+def login_user(host: Host) -> str:
+    """The user Fleet logs in as: the inventory's, else ~/.ssh/config's, else the local login (as Fabric does)."""
+    if host.user:
+        return host.user
+    config = Path("~/.ssh/config").expanduser()
+    if config.is_file():
+        import paramiko
+
+        found = paramiko.SSHConfig.from_path(str(config)).lookup(host.address).get("user")
+        if found:
+            return found
+    return getpass.getuser()
+
+
+def check_course_user(host: Host, values: HostVars, merged: dict[str, Var]) -> None:
+    """Students log in as the course user with their own key: it must not be the admin login (which
+    can sudo, and whose key is the instructor's) nor root."""
+    user, source = values.course_user, merged["course_user"].source
+    if user == "root":
+        raise InputError("the course user cannot be root: students get this login", file=source, key="course_user")
+    admin = login_user(host)
+    if user == admin:
+        raise InputError(f"the course user {user!r} is also the SSH login Fleet uses on host {host.name} "
+                         f"(it can sudo and is reached with the instructor's key); students need a login of "
+                         f"their own: set course_user to another name (default: student)", file=source,
+                         key="course_user")
 
 
 def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, overrides: dict,
@@ -52,6 +91,7 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
                 errors += problems
                 continue
             values = HostVars.from_merged(merged)
+            check_course_user(host, values, merged)
             masker.add_vars(values)
             if host.sudo_password:
                 masker.add(host.sudo_password)

@@ -14,21 +14,36 @@ from fleet.engine.facts import Fact
 from fleet.engine.steps import KEPT, STATE_DIR, Handler, Outcome, Step, Verify, read_as
 from fleet.shell import as_user, q
 
+# Seconds a fact read as a course user may take (see __read_as).
+USER_READ_S = 10
+
 PRELUDE = r"""
 set -u
 umask 022
-export LC_ALL=C DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+# Root works from / with root's home: nothing in a login user's home or the current folder is
+# read by what runs here (Python's `json.py`, R's `.Rprofile`); Python is also told so directly.
+cd / || exit 1
+export HOME=/root LC_ALL=C DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONSAFEPATH=1
+unset PYTHONPATH PYTHONSTARTUP PYTHONHOME PYTHONUSERBASE R_PROFILE_USER R_ENVIRON_USER
 mark() { printf '\n@@%s@@ %s\n' "$__N" "$*"; }
 # A fact in a user's territory is read as that user (fleet.engine.steps.read_as); a user that does
 # not exist yet owns nothing there. /etc/passwd is read by bash itself: no process per fact
-# for local users.
+# for local users. The read has a time limit (USER_READ_S): what the user planted (git's
+# core.fsmonitor, a FIFO) costs this host seconds, reported, never the run. Its output goes to a
+# file, not a pipe, so a process the user leaves behind cannot hold the probe open either.
 __read_as() {
-  local name rest
-  while IFS=: read -r name rest; do
-    if [ "$name" = "$1" ]; then runuser -u "$1" -- bash -c "$2"; return; fi
-  done < /etc/passwd
+  local name rest found= out rc
+  while IFS=: read -r name rest; do [ "$name" = "$1" ] && found=1 && break; done < /etc/passwd
   # Not a local user: ask NSS (LDAP and the like) before calling it absent.
-  if getent passwd "$1" >/dev/null; then runuser -u "$1" -- bash -c "$2"; else echo ABSENT; fi
+  if [ -z "$found" ] && ! getent passwd "$1" >/dev/null; then echo ABSENT; return; fi
+  out=$(mktemp) || return 1
+  timeout -k 2 __USER_READ_S runuser -u "$1" -- bash -c "$2" >"$out" 2>&1 </dev/null
+  rc=$?
+  cat "$out"; rm -f "$out"
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "fleet: reading as $1 took over __USER_READ_S s and was stopped (a command the user planted?)"
+  fi
+  return "$rc"
 }
 # HTTP GET through bash's /dev/tcp: no process started (cheap in every probe), and a token
 # passed here is never in any process's arguments. Succeeds on a 2xx status line.
@@ -44,7 +59,7 @@ __http_ok() {
   echo "GET $path on $host:$port: ${status:-no reply within 5 s}"
   return 1
 }
-"""
+""".replace("__USER_READ_S", str(USER_READ_S))
 
 # Functions a step's commands may call, as root or (inside a user's territory) as that user.
 STEP_FUNCTIONS = r"""
@@ -106,7 +121,7 @@ __apt() {
   return "$rc"
 }
 __lock_holder() {
-  python3 - <<'PY' 2>/dev/null
+  python3 -I - <<'PY' 2>/dev/null
 import fcntl, struct, os
 for path in ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock"):
     try:

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from fleet import atomic
+from fleet.engine.studentkeys import StudentKeys
 from fleet.errors import FleetError
 from fleet.shell import redact_url
 
@@ -68,6 +69,7 @@ class CourseSecrets:
             raise ValueError(f"not a course name: {course!r}")
         self.path = directory / f"{course}.key"
         self.masker = masker
+        self.students = StudentKeys(directory.parent / "students" / course, course)
         self._key: bytes | None = None
         self._lock = threading.Lock()
 

@@ -39,3 +39,23 @@ def last_failed(inventory_source: str) -> list[str] | None:
     if not path.exists():
         return None
     return json.loads(path.read_text()).get(_key(inventory_source))
+
+
+def _handouts_file() -> Path:
+    return state_dir() / "handouts.json"
+
+
+def record_handout(course: str, hosts: list[str]) -> None:
+    """Remember that these hosts' student credentials were handed out (a machine that was is a
+    student's machine: never the source of a course image)."""
+    path = _handouts_file()
+    with atomic.locked(path.with_name(".handouts.lock")):
+        done = json.loads(path.read_text()) if path.exists() else {}
+        done[course] = sorted(set(done.get(course, [])) | set(hosts))
+        atomic.replace(path, json.dumps(done, indent=2), mode=0o600)
+
+
+def handed_out(course: str) -> set[str]:
+    """The hosts of a course whose student credentials were ever handed out."""
+    path = _handouts_file()
+    return set(json.loads(path.read_text()).get(course, [])) if path.exists() else set()

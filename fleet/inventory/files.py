@@ -15,7 +15,7 @@ from typing import Any
 
 from fleet import yamlfile
 from fleet.errors import InputError
-from fleet.inventory import hostrange, settings, varsdirs
+from fleet.inventory import hostrange, roster, settings, varsdirs
 from fleet.inventory.model import Group, Host, Inventory, Level
 from fleet.inventory.settings import Setting
 
@@ -38,6 +38,7 @@ NATIVE_SCHEMA = {
     "additionalProperties": False,
     "properties": {
         "name": {"type": "string"},
+        "roster": {"type": ["string", "array"]},   # fleet/inventory/roster.py
         "vars": VARS,
         **CONNECTION,
         "hosts": {"type": "object", "propertyNames": HOST_PATTERN, "additionalProperties": HOST_SCHEMA},
@@ -106,6 +107,8 @@ def load(path: str | Path) -> Inventory:
         inventory = _from_native(data, path, lines)
     _read_vars_dirs(inventory, path.parent)
     _link(inventory, lines, path)
+    inventory.students = roster.students(data.get("roster") if "all" not in data else None, path,
+                                         list(inventory.hosts))
     return inventory
 
 
@@ -114,6 +117,7 @@ def from_data(data: dict, source: str) -> Inventory:
     yamlfile.validate(data, NATIVE_SCHEMA, source, {})
     inventory = _from_native(data, Path(source), {})
     _link(inventory, {}, Path(source))
+    inventory.students = roster.students(data.get("roster"), None, list(inventory.hosts))
     return inventory
 
 

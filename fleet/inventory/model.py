@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from fleet.inventory.roster import Student
 from fleet.inventory.settings import Setting
 
 
@@ -49,6 +50,7 @@ class Inventory:
     settings: dict[str, Setting] = field(default_factory=dict)
     files: dict[tuple[str, str], list[Level]] = field(default_factory=dict)  # (group_vars|host_vars, name)
     unused: dict[str, str] = field(default_factory=dict)  # ansible_* keys Fleet has no use for -> first source
+    students: dict[str, Student] = field(default_factory=dict)  # host -> its student (fleet/inventory/roster.py)
 
     def levels(self, host: Host) -> list[Level]:
         """Ansible's order: inventory-file vars of all, then of the groups (parents first); then

@@ -98,6 +98,7 @@ class SSHConnection:
         as_root = self.conn.user == "root"
         password = sudo_password or self.options.sudo_password
         command = "bash -s" if as_root else (SUDO_WITH_PASSWORD if password else "sudo -n bash -s")
+        command = f"cd / && {command}"  # never from the login's home: nothing there is read by root
         stdin = script if as_root or not password else password + "\n" + script
         try:
             channel = self.conn.client.get_transport().open_session(timeout=self.options.connect_timeout)

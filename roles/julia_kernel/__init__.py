@@ -63,9 +63,9 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
               f"{q(binary)} -e {q(code)}\n"
               f"chmod -R a+rX {q(depot)} {q(data_dir + '/kernels/' + spec_name)}")
     current = (f"[ -d {q(depot + '/packages/IJulia')} ] && "
-               f"python3 -c {q(KERNEL_IS_CURRENT)} {q(kernel_json)} {q(binary)}")
+               f"python3 -I -c {q(KERNEL_IS_CURRENT)} {q(kernel_json)} {q(binary)}")
     jupyter = q(v.julia_jupyter)
-    check = (f"{jupyter} kernelspec list --json | python3 -c {q(KERNEL_CHECK)} {q(spec_name)} {q(binary)} && "
+    check = (f"{jupyter} kernelspec list --json | python3 -I -c {q(KERNEL_CHECK)} {q(spec_name)} {q(binary)} && "
              f"out=$(julia --version) && echo \"$out\" && [ \"$out\" = {q('julia version ' + version)} ]")
     return [
         install,

@@ -8,6 +8,7 @@ from fleet.engine.steps import (Absent, Apt, Directory, File, Handler, Pip, Serv
                                 reload_if_changed)
 from fleet.inventory.variables import HostVars
 from fleet.shell import q
+from roles.jupyter import login
 
 CONFIG = "/etc/jupyter/jupyter_server_config.py"
 
@@ -22,7 +23,8 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
     home = f"/home/{user}"
     return [
         Apt(("python3-venv", "curl"), cache_max_age=v.apt_cache_max_age, lock_timeout=v.apt_lock_timeout),
-        User(user),
+        *([User(user)] if user == v.course_user else [User(user), User(v.course_user)]),
+        *login.steps(v, ctx),
         # In the user's home it is made as the user; elsewhere root makes it and hands it over.
         Directory(v.jupyter_notebook_dir, owner=user, group=user, mode="0755",
                   user=home_territory(v.jupyter_notebook_dir, user)),

@@ -135,5 +135,5 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
         # Without the jupyter role there is no server whose kernels would need it.
         *([FrameworkEnv(**options, path=f"/etc/systemd/system/{v.jupyter_service}.service.d/fleet-mxnet.conf",
                         notify=("restart jupyter",))] if "jupyter" in v.roles else []),
-        Verify("mxnet imports, matches the GPUs and computes", f"{q(v.mxnet_venv + '/bin/python')} - <<'PY'\n{check}PY"),
+        Verify("mxnet imports, matches the GPUs and computes", f"{q(v.mxnet_venv + '/bin/python')} -I - <<'PY'\n{check}PY"),
     ]

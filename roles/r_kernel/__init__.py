@@ -24,12 +24,12 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
             raise ctx.fail(f"r_kernel_cran_packages[{index}]", f"not an R package name: {package!r}")
         # The check is its own probe (`unless`), not hidden in the install one-liner.
         items.append(Command(
-            f"Rscript -e {q(f'install.packages({package!r}, repos={v.r_kernel_cran_repo!r})')} "
+            f"Rscript --vanilla -e {q(f'install.packages({package!r}, repos={v.r_kernel_cran_repo!r})')} "
             f"-e {q(f'quit(status = !requireNamespace({package!r}, quietly = TRUE))')}",
-            unless=f"Rscript -e {q(f'quit(status = !requireNamespace({package!r}, quietly = TRUE))')}",
+            unless=f"Rscript --vanilla -e {q(f'quit(status = !requireNamespace({package!r}, quietly = TRUE))')}",
             label=f"CRAN package {package}"))
     jupyter = q(v.jupyter_venv + "/bin/jupyter")
     items.append(Verify("the ir kernelspec is visible to the Jupyter server",
-                        f"{jupyter} kernelspec list --json | python3 -c {q(KERNELSPEC_CHECK)}",
+                        f"{jupyter} kernelspec list --json | python3 -I -c {q(KERNELSPEC_CHECK)}",
                         user=v.jupyter_user))
     return items
