@@ -151,7 +151,7 @@ def test_jupyter_state(found, expected):
 def test_jupyter_probe_keeps_the_token_out_of_arguments():
     command = classreport.jupyter_fact("127.0.0.1", 8888, "abcd1234secret").command
     first, _, rest = command.partition("\n")
-    assert first == "python3 - <<'__FLEET_PY__'" and "abcd1234secret" not in first
+    assert first == "python3 -I - <<'__FLEET_PY__'" and "abcd1234secret" not in first
     assert rest.rstrip().endswith("__FLEET_PY__")
 
 

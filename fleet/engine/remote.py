@@ -6,6 +6,7 @@ delimited by a random marker the script cannot print by accident.
 """
 from __future__ import annotations
 
+import re
 import secrets as _random
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +15,9 @@ from fleet.engine.facts import Fact
 from fleet.engine.steps import KEPT, STATE_DIR, Handler, Outcome, Step, Verify, read_as
 from fleet.shell import as_user, q
 
-# Seconds a fact read as a course user may take (see __read_as).
+# Seconds a fact read as a course user may take (see __read_as), and what it says when stopped.
 USER_READ_S = 10
+READ_STOPPED = re.compile(r"^fleet: reading as \S+ took over \d+ s and was stopped.*$", re.M)
 
 PRELUDE = r"""
 set -u
@@ -186,9 +188,10 @@ class Probe:
                 self._parse_facts([(self.facts[int(rest)], body)], facts, errors)
             elif kind == "stats":
                 user = rest.strip() or None
+                stopped = READ_STOPPED.search(body)
                 by_path = split_stat_batch(body)
-                self._parse_facts([(f, by_path.get(f.stat_path, "ABSENT")) for f in self.facts
-                                   if f.stat_path and f.user == user], facts, errors)
+                self._parse_facts([(f, stopped.group(0) if stopped else by_path.get(f.stat_path, "ABSENT"))
+                                   for f in self.facts if f.stat_path and f.user == user], facts, errors)
             elif kind == "verify":
                 verifies[int(rest)] = (False, body)
             elif kind == "rc":
@@ -201,6 +204,10 @@ class Probe:
     @staticmethod
     def _parse_facts(outputs: list[tuple[Fact, str]], facts: dict[str, Any], errors: dict[str, str]) -> None:
         for fact, text in outputs:
+            stopped = READ_STOPPED.search(text)
+            if stopped:   # whatever came before the limit is not the fact
+                errors[fact.key] = stopped.group(0)
+                continue
             try:
                 facts[fact.key] = fact.parse(text)
             except Exception as exc:  # a parser meeting odd output fails the steps that need it

@@ -145,7 +145,7 @@ def test_terminate_images_removes_them_with_the_course(aws, baked):
 @pytest.mark.parametrize("change, stale", [
     ({"jupyter_extra_packages": ["pandas>=2", "scipy"]}, True),     # installs more
     ({"roles": ["jupyter", "repos", "clusters"]}, True),            # another role
-    ({"course_user": "student"}, True),
+    ({"course_user": "learner"}, True),
     ({"jupyter_port": 8890}, False),                                # per-host config only
     ({"jupyter_token": "x" * 20}, False),                           # a secret, per host
     ({"autostop_idle_minutes": 5}, False),                          # a role the course does not use

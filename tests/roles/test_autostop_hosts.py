@@ -141,7 +141,7 @@ def _kernels(host) -> dict[str, dict]:
 def test_fresh_kernel_keeps_the_machine_up(lab):
     host = lab[0]
     used = _start_kernel(host)
-    connection = f"/home/ubuntu/.local/share/jupyter/runtime/kernel-{used}.json"
+    connection = f"/home/student/.local/share/jupyter/runtime/kernel-{used}.json"
     _wait_for(lambda: sh(host, f"test -e {connection}", check=False).returncode == 0, "the connection file")
     ran = sh(host, f"/opt/jupyter/bin/python - {connection} <<'PY'\n{RUN_CODE}PY").stdout
     assert ran.strip() == "ok"

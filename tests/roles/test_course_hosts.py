@@ -89,11 +89,11 @@ def test_kernel_and_course_notebook_through_the_tunnel(course):
 def test_config_and_secret_file_modes(course):
     hosts, _, _, _ = course
     h = hosts[0]
-    assert sh(h, "stat -c '%U:%G %a' /etc/jupyter/jupyter_server_config.py").stdout.strip() == "root:ubuntu 640"
+    assert sh(h, "stat -c '%U:%G %a' /etc/jupyter/jupyter_server_config.py").stdout.strip() == "root:student 640"
     config = sh(h, "cat /etc/jupyter/jupyter_server_config.py").stdout
     assert "c.ServerApp.port_retries = 0" in config and 'c.ServerApp.ip = "127.0.0.1"' in config
-    assert sh(h, "systemctl show -p User --value jupyter").stdout.strip() == "ubuntu"
-    assert sh(h, "stat -c %U /home/ubuntu/notebooks/course/README.md").stdout.strip() == "ubuntu"
+    assert sh(h, "systemctl show -p User --value jupyter").stdout.strip() == "student"
+    assert sh(h, "stat -c %U /home/student/notebooks/course/README.md").stdout.strip() == "student"
 
 
 def test_second_run_changes_nothing_and_does_not_restart(course):
@@ -130,9 +130,9 @@ def test_port_change_on_one_host_restarts_only_that_host(course):
 def test_student_work_survives_a_repair_byte_for_byte(course, git_server):  # noqa: F811
     hosts, state, inventory, _ = course
     student, clean = hosts
-    readme = "/home/ubuntu/notebooks/course/README.md"
+    readme = "/home/student/notebooks/course/README.md"
     edit = "# Course\n\nmy answers: \u00e9\u00e8 42\n"
-    sh(student, f"sudo -u ubuntu bash -c {shlex.quote(f'printf %s {shlex.quote(edit)} > {readme}')}")
+    sh(student, f"sudo -u student bash -c {shlex.quote(f'printf %s {shlex.quote(edit)} > {readme}')}")
     before = hashlib.sha256(sh(student, f"cat {readme}").stdout.encode()).hexdigest()
     new_sha = git_server.commit("course.git", {"week2/more.md": "week 2\n"}, "week 2")
     run = fleet("provision", state=state, inventory=inventory)
@@ -140,9 +140,9 @@ def test_student_work_survives_a_repair_byte_for_byte(course, git_server):  # no
     kept = [s for s in run.report["hosts"][student.name]["steps"] if s["name"].startswith("git ")]
     assert kept[0]["status"] == "ok" and kept[0]["message"].startswith("kept: local changes")
     assert hashlib.sha256(sh(student, f"cat {readme}").stdout.encode()).hexdigest() == before
-    assert sh(student, "test -e /home/ubuntu/notebooks/course/week2/more.md", check=False).returncode != 0
+    assert sh(student, "test -e /home/student/notebooks/course/week2/more.md", check=False).returncode != 0
     # The clean checkout on the other host moved to the new commit.
-    assert sh(clean, "git -C /home/ubuntu/notebooks/course rev-parse HEAD").stdout.strip() == new_sha
+    assert sh(clean, "git -C /home/student/notebooks/course rev-parse HEAD").stdout.strip() == new_sha
     assert any(s["name"].startswith("git ") for s in run.report["hosts"][clean.name]["steps"]
                if s["status"] == "changed")
 
@@ -172,7 +172,7 @@ def test_unreachable_repository_fails_that_item_only(course, git_server):  # noq
     assert missing["status"] == "failed" and "cannot reach repository" in missing["message"]
     other = next(s for name, s in steps.items() if "course2" in name)
     assert other["status"] == "changed"
-    assert sh(hosts[1], "test -d /home/ubuntu/notebooks/course2/.git", check=False).returncode == 0
+    assert sh(hosts[1], "test -d /home/student/notebooks/course2/.git", check=False).returncode == 0
 
 
 ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parents[2] / "artifacts"

@@ -363,7 +363,7 @@ def test_role_steps(tmp_path):
     assert "/usr/local/share/jupyter/kernels/julia-1.11/kernel.json /opt/julia-1.11.1/bin/julia" in ijulia.unless
     assert ijulia.creates is None
     (_, verify), = plan.verifies
-    assert isinstance(verify, Verify) and not verify.every_run and verify.user == "ubuntu"
+    assert isinstance(verify, Verify) and not verify.every_run and verify.user == "student"
     assert "kernelspec list --json" in verify.script and "'julia version 1.11.1'" in verify.script
 
 

@@ -145,7 +145,7 @@ def installs(host) -> list[str]:
 
 
 def kernelspecs(host) -> dict:
-    out = sh(host, "runuser -u ubuntu -- /opt/jupyter/bin/jupyter kernelspec list --json").stdout
+    out = sh(host, "runuser -u student -- /opt/jupyter/bin/jupyter kernelspec list --json").stdout
     return json.loads(out)["kernelspecs"]
 
 
@@ -164,14 +164,14 @@ def test_first_run_installs_julia_and_the_kernel(lab):
     # Checked on the host itself, not through the tool.
     assert sh(host, "test -x /opt/julia-1.10.5/bin/julia && stat -c %U /opt/julia-1.10.5/bin/julia").stdout.strip() == "root"
     assert sh(host, "readlink /usr/local/bin/julia").stdout.strip() == "/opt/julia-1.10.5/bin/julia"
-    assert sh(host, "runuser -u ubuntu -- julia --version").stdout.strip() == "julia version 1.10.5"
+    assert sh(host, "runuser -u student -- julia --version").stdout.strip() == "julia version 1.10.5"
     spec = kernelspecs(host)["julia-1.10"]
     assert spec["resource_dir"] == "/usr/local/share/jupyter/kernels/julia-1.10"
     assert spec["spec"]["argv"][0] == "/opt/julia-1.10.5/bin/julia"
     assert spec["spec"]["env"] == {"JULIA_DEPOT_PATH": "/opt/julia-depot"}
     assert installs(host) == ["1.10.5 JUPYTER=/opt/jupyter/bin/jupyter"]
     # The shared depot is readable by every user.
-    sh(host, "runuser -u ubuntu -- ls /opt/julia-depot/packages/IJulia")
+    sh(host, "runuser -u student -- ls /opt/julia-depot/packages/IJulia")
     assert sh(host, "ls -A /opt | grep fleet-tmp || true").stdout == ""
     assert mirror.gets("julia-1.10.5-linux-" + ARCH[mirror.machine][1] + ".tar.gz") == 1
 

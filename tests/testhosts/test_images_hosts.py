@@ -67,7 +67,7 @@ def test_the_layer_keeps_software_and_drops_per_host_files(course):
     layer = course["layer"]
     assert (layer / "opt/jupyter/bin/jupyter-lab").exists()
     assert (layer / "usr/share/jupyter/kernels/ir/kernel.json").exists()
-    assert (layer / "home/ubuntu/notebooks/course/README.md").exists()
+    assert (layer / "home/student/notebooks/course/README.md").exists()
     for rel in ("etc/machine-id", "etc/hostname"):
         assert not (layer / rel).exists(), rel
     # removed in the upper dir: a whiteout (a 0/0 character device), or absent

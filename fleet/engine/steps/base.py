@@ -60,6 +60,9 @@ class Step:
         """The user the step's facts and commands run as; None for root."""
         return territory(self.user)
 
+    def plan(self, facts: dict[str, Any]) -> Outcome:
+        raise NotImplementedError
+
 
 def territory(user: str | None) -> str | None:
     return user if user and user != "root" else None
@@ -76,9 +79,6 @@ def home_territory(path: str, user: str | None) -> str | None:
     """`user` when `path` lies in that user's home (/home/USER/...), else None (root's, checked at apply)."""
     user = territory(user)
     return user if user and PurePosixPath(path).is_relative_to(f"/home/{user}") else None
-
-    def plan(self, facts: dict[str, Any]) -> Outcome:
-        raise NotImplementedError
 
 
 def check_path(path: str, what: str) -> str:
