@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from fleet.inventory.roster import Student
 from fleet.inventory.settings import Setting
 
 
@@ -21,6 +20,21 @@ class Host:
     given: dict[str, Setting] = field(default_factory=dict, repr=False)     # settings at the host's own level
     settings: dict[str, Setting] = field(default_factory=dict, repr=False)  # resolved over every level
     origins: dict[str, Setting] = field(default_factory=dict, repr=False)   # field -> the setting used
+
+
+@dataclass(frozen=True)
+class Student:
+    """A host's student (fleet/inventory/roster.py reads and checks the roster)."""
+    name: str
+    host: str
+    email: str = ""
+    ssh_key: str = ""      # the student's own public key ("type base64"); "" when Fleet makes one
+    where: str = ""        # file:line of the roster entry ("" for a placeholder)
+
+    @property
+    def named(self) -> bool:
+        """False for the placeholder of a machine the roster gives nobody."""
+        return bool(self.where)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from typing import Any
 
 from fleet import yamlfile
 from fleet.errors import InputError, InputErrors
+from fleet.inventory.model import Student
 
 FIELDS = ("student", "email", "ssh_key", "host")
 SUFFIXES = (".roster.csv", ".roster.yml", ".roster.yaml")
@@ -42,20 +43,6 @@ YAML_SCHEMA = {
         "properties": {name: {"type": "string"} for name in FIELDS},
     },
 }
-
-
-@dataclass(frozen=True)
-class Student:
-    name: str
-    host: str
-    email: str = ""
-    ssh_key: str = ""      # the student's own public key ("type base64"); "" when Fleet makes one
-    where: str = ""        # file:line of the roster entry ("" for a placeholder)
-
-    @property
-    def named(self) -> bool:
-        """False for the placeholder of a machine the roster gives nobody."""
-        return bool(self.where)
 
 
 @dataclass(frozen=True)
