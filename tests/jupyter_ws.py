@@ -17,15 +17,22 @@ from tests.fixtures import free_port, wait_port
 
 @contextmanager
 def ssh_tunnel(host, remote_port: int) -> Iterator[int]:
-    """`ssh -N -L local:localhost:remote` to a test host; yields the local port."""
+    """`ssh -N -L local:localhost:remote` to a test host over its admin login; yields the local port."""
     local = free_port()
-    argv = ["ssh", "-N", "-L", f"{local}:localhost:{remote_port}", "-i", str(host.key), "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            "-o", "ExitOnForwardFailure=yes", f"{host.user}@{host.address}"]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    with forwarding(["ssh", "-N", "-L", f"{local}:localhost:{remote_port}", "-i", str(host.key),
+                     f"{host.user}@{host.address}"], local):
+        yield local
+
+
+@contextmanager
+def forwarding(argv: list[str], local: int) -> Iterator[None]:
+    """Run an `ssh -N -L local:...` command line (quiet, no host-key memory) until the block ends."""
+    options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "LogLevel=ERROR", "-o", "ExitOnForwardFailure=yes", "-o", "IdentitiesOnly=yes"]
+    proc = subprocess.Popen([argv[0], *options, *argv[1:]], stdin=subprocess.DEVNULL)
     try:
         wait_port("127.0.0.1", local)
-        yield local
+        yield
     finally:
         proc.terminate()
         proc.wait(10)

@@ -19,7 +19,7 @@ import yaml
 
 from fleet.testhosts import hosts as testhosts
 from tests.fixtures import fleet, free_port, git_server, sh, wait_port  # noqa: F401 (fixture)
-from tests.jupyter_ws import Jupyter
+from tests.jupyter_ws import Jupyter, forwarding
 
 pytestmark = pytest.mark.hosts
 
@@ -69,14 +69,8 @@ def tunnel(row_tunnel: str, identity: str | None = None) -> Iterator[int]:
     argv[forward] = f"{local}:" + argv[forward].split(":", 1)[1]
     if identity:
         argv[1:1] = ["-i", identity]
-    proc = subprocess.Popen(["ssh", *QUIET, "-o", "ExitOnForwardFailure=yes", *argv[1:]], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_port("127.0.0.1", local)
+    with forwarding(argv, local):
         yield local
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def run_cell(row: dict, code: str, identity: str | None = None) -> str:
