@@ -68,6 +68,13 @@ def handout(c, hosts="all", inventory=None, format="md", output=None, bundle=Non
     cli.handout(hosts=hosts, inventory=inventory, fmt=format, output=output, bundle=bundle)
 
 
+@task(help={"inventory": INVENTORY, "upgrade": "move every package to the newest version the roles allow",
+            "python": "the hosts' Python version to resolve for (default 3.11, Debian 12)"})
+def lock(c, inventory=None, upgrade=False, python=None):
+    """Resolve the course's Python packages once, with hashes, into <inventory>.lock.yml (commit it)."""
+    cli.lock(inventory=inventory, upgrade=upgrade, python=python)
+
+
 @task(help={"inventory": INVENTORY})
 def students(c, inventory=None):
     """Who has which machine (the roster), how they log in, and what their key opens."""
@@ -126,7 +133,7 @@ def bench(c, hosts="1,10,30", json="bench/results.json", baked_only=False):
     cli.bench(counts=[int(n) for n in str(hosts).split(",") if n.strip()], json_path=json, baked_only=baked_only)
 
 
-ns = Collection(provision, check, facts, vars, tunnel, handout, students, gpus, report, disconnect, demo, demo_down, test, bench)
+ns = Collection(provision, check, facts, vars, tunnel, handout, students, lock, gpus, report, disconnect, demo, demo_down, test, bench)
 try:
     from fleet.aws import tasks as tasks_cloud  # launch, status, stop, start, terminate, snapshot, bake, images (boto3)
 

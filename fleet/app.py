@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -132,6 +133,31 @@ def provision(hosts: str, inventory: str | None = None, roles: str | None = None
     if json_path:
         write_json(run, json_path)
     return run
+
+
+def lock(inventory: str | None = None, upgrade: bool = False, python: str | None = None) -> tuple[Path, list[tuple]]:
+    """Resolve the course's Python packages into its lock beside the inventory (no host is touched).
+    Returns the lock's path and, per venv, (venv, packages, pins changed since the last lock)."""
+    from fleet.engine import pylock
+
+    session = Session.open(inventory)
+    plans = compile_plans(session.inventory, list(session.inventory.hosts), roleset=session.roleset, overrides={},
+                          only_roles=None, secrets=session.secrets, masker=session.masker, use_lock=False)
+    wants = pylock.wanted(step for plan in plans.values() for _, step in plan.steps)
+    if not wants:
+        raise InputError("the course installs no Python packages (no pip step in its roles): nothing to lock",
+                         file=session.inventory.source, key="vars.roles")
+    path = pylock.path_for(session.inventory.source, PROJECT)
+    before = pylock.load(path) or {}
+    python = python or pylock.PYTHON
+    locked = pylock.resolve(wants, path, python=python, upgrade=upgrade)
+    pylock.save(path, locked, python=python)
+    summary = []
+    for venv, item in locked.items():
+        old = before[venv].pins() if venv in before else {}
+        moved = sorted(n for n, v in item.pins().items() if old.get(n) != v) if old else []
+        summary.append((venv, len(item.pins()), moved))
+    return path, summary
 
 
 def show_vars(host: str, inventory: str | None = None, set_: list[str] | None = None) -> Table:

@@ -109,6 +109,18 @@ def handout(hosts: str, inventory: str | None, fmt: str, output: str | None, bun
 
 
 @user_errors
+def lock(inventory: str | None, upgrade: bool, python: str | None) -> None:
+    path, summary = app.lock(inventory, upgrade=upgrade, python=python)
+    table = Table(title=f"Wrote {path}", show_edge=False)
+    for column in ("venv", "packages", "changed since the last lock"):
+        table.add_column(column)
+    for venv, count, moved in summary:
+        table.add_row(venv, str(count), ", ".join(moved) if moved else "-")
+    console.print(table)
+    console.print("Every host installs exactly this lock on its next `invoke provision`; commit the file.")
+
+
+@user_errors
 def students(inventory: str | None) -> None:
     session = app.Session.open(inventory)
     table = Table(title=f"Students of {session.inventory.name}", show_edge=False)

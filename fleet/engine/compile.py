@@ -7,8 +7,9 @@ import os
 from functools import partial
 from pathlib import Path
 
+from fleet.engine import pylock
 from fleet.engine.git import RefResolver
-from fleet.engine.roles import HostPlan, RoleContext, RoleSet, Templates
+from fleet.engine.roles import PROJECT, HostPlan, RoleContext, RoleSet, Templates
 from fleet.engine.secrets import CourseSecrets, Masker
 from fleet.engine.steps import Handler, Step, Verify
 from fleet.errors import InputError, InputErrors
@@ -66,8 +67,10 @@ def check_course_user(host: Host, values: HostVars, merged: dict[str, Var]) -> N
 
 def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, overrides: dict,
                   only_roles: list[str] | None, secrets: CourseSecrets, masker: Masker,
-                  resolver: RefResolver | None = None, templates: Templates | None = None) -> dict[str, HostPlan]:
-    """Build every host's plan, or raise one InputErrors listing everything wrong."""
+                  resolver: RefResolver | None = None, templates: Templates | None = None,
+                  use_lock: bool = True) -> dict[str, HostPlan]:
+    """Build every host's plan, or raise one InputErrors listing everything wrong. With a course
+    lock beside the inventory (fleet/engine/pylock.py), its Pip steps install exactly that."""
     resolver = resolver or RefResolver()
     templates = templates or Templates(roleset.template_dirs())
     if only_roles:
@@ -111,6 +114,10 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
     if errors:
         unique = list({str(e): e for e in errors}.values())
         raise unique[0] if len(unique) == 1 else InputErrors(unique)
+    lock_path = pylock.path_for(inventory.source, PROJECT)
+    locked = pylock.load(lock_path) if use_lock else None
+    if locked is not None:
+        pylock.attach(plans, locked, lock_path, every_host=set(hosts) == set(inventory.hosts))
     return plans
 
 

@@ -3,15 +3,22 @@ facts they read (dpkg's database, the venv's dist-info folders, the apt cache's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from fleet.engine.facts import Fact
 from fleet.engine.steps.base import STATE_DIR, Outcome, Step, check_path
 from fleet.errors import InputError
 from fleet.shell import q
+
+if TYPE_CHECKING:
+    from fleet.engine.pylock import LockedVenv
+
+# Installed by `python3 -m venv` itself, never pinned by a course lock.
+SEEDED = frozenset({"pip", "setuptools", "wheel"})
 
 
 def dpkg_fact(packages: tuple[str, ...]) -> Fact:
@@ -94,6 +101,8 @@ class Pip(Step):
     packages: list[str]
     python: str = "python3"
     notify: tuple[str, ...] = ()
+    lock: LockedVenv | None = None   # the course lock (fleet/engine/pylock.py), set by compile
+    covered: bool = False            # an earlier Pip step of this host installs the venv's lock
 
     def __post_init__(self) -> None:
         self.venv = check_path(self.venv, "venv")
@@ -112,6 +121,8 @@ class Pip(Step):
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
         installed = facts[venv_fact(self.venv).key]
+        if self.lock is not None:
+            return self._plan_locked(installed)
         commands = []
         if installed is None:
             commands.append(f"{q(self.python)} -m venv {q(self.venv)}")
@@ -124,3 +135,45 @@ class Pip(Step):
                         f"{' '.join(map(q, missing))}")
         verb = "create venv, install" if installed is None else "install"
         return Outcome(True, f"{verb} {', '.join(missing)}", commands)
+
+    def _plan_locked(self, installed: dict[str, str] | None) -> Outcome:
+        """The venv holds exactly the lock: what differs is installed from the lock's own lines
+        (hash-checked, no dependency resolution on the host), what the lock lacks is removed."""
+        assert self.lock is not None
+        if self.covered:
+            return Outcome(False, f"{', '.join(self.packages)} come with the course lock of {self.venv}")
+        pins = self.lock.pins()
+        commands = [] if installed is not None else [f"{q(self.python)} -m venv {q(self.venv)}"]
+        have = installed or {}
+        changed = sorted(name for name, version in pins.items() if not _same_version(have.get(name), version))
+        extra = sorted(set(have) - set(pins) - SEEDED)
+        if not changed and not extra:
+            return Outcome(False, f"{self.venv} matches the course lock {self.lock.fingerprint} ({len(pins)} packages)")
+        pip = q(self.venv + "/bin/pip")
+        said = []
+        if changed:
+            end = "__FLEET_LOCK__"
+            commands.append(f"__lock=$(mktemp)\ncat > \"$__lock\" <<'{end}'\n{self.lock.blocks(changed)}{end}\n"
+                            f"__retry 3 {pip} install --disable-pip-version-check -q --no-deps --require-hashes "
+                            f"-r \"$__lock\"\nrm -f \"$__lock\"")
+            said.append(f"install {len(changed)} locked package{'s' if len(changed) != 1 else ''} "
+                        f"({_listed(changed, pins)})")
+        if extra:
+            commands.append(f"{pip} uninstall -y -q {' '.join(map(q, extra))}")
+            said.append(f"remove {len(extra)} not in the lock ({', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''})")
+        verb = "create venv, " if installed is None else ""
+        return Outcome(True, verb + " and ".join(said) + f" (lock {self.lock.fingerprint})", commands)
+
+
+def _same_version(have: str | None, want: str) -> bool:
+    if have is None:
+        return False
+    try:
+        return Version(have) == Version(want)
+    except InvalidVersion:
+        return have == want
+
+
+def _listed(names: list[str], pins: dict[str, str], most: int = 8) -> str:
+    shown = ", ".join(f"{n} {pins[n]}" for n in names[:most])
+    return shown + (f", and {len(names) - most} more" if len(names) > most else "")

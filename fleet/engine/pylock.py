@@ -1,0 +1,172 @@
+"""A lock per course: every Python package a course installs, resolved once, with hashes.
+
+`invoke lock` gathers what the course's Pip steps want, per venv, resolves it on the controller
+for the hosts' Python and platform with uv (`uv pip compile --generate-hashes`), and writes
+`<inventory>.lock.yml` beside the inventory, to be committed. While a lock exists every host
+installs exactly it, hash-checked (fleet.engine.steps.packages.Pip), so two hosts provisioned a
+month apart get the same packages. A lock that no longer matches what the roles want is refused,
+naming the command that updates it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+from packaging.utils import canonicalize_name
+
+from fleet import atomic, yamlfile
+from fleet.errors import InputError
+
+SUFFIX = ".lock.yml"
+PYTHON = "3.11"                        # Debian 12's python3; `invoke lock --python` for others
+PLATFORM = "x86_64-manylinux_2_28"     # what uv resolves wheels for
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["python", "platform", "venvs"],
+    "properties": {
+        "python": {"type": "string"}, "platform": {"type": "string"},
+        "venvs": {"type": "object", "additionalProperties": {
+            "type": "object", "additionalProperties": False, "required": ["wants", "requirements"],
+            "properties": {"wants": {"type": "array", "items": {"type": "string"}},
+                           "requirements": {"type": "string"}}}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class LockedVenv:
+    venv: str
+    wants: tuple[str, ...]      # what the roles asked for when the lock was made
+    requirements: str           # uv's output: `name==version \` and its `--hash=` lines
+
+    @property
+    def fingerprint(self) -> str:
+        """Short and stable: hosts that report the same one hold the same lock."""
+        return hashlib.sha256(self.requirements.encode()).hexdigest()[:12]
+
+    def pins(self) -> dict[str, str]:
+        """Canonical name -> pinned version."""
+        found = {}
+        for line in self.requirements.splitlines():
+            match = _PIN.match(line)
+            if match:
+                found[canonicalize_name(match.group(1))] = match.group(2)
+        return found
+
+    def blocks(self, names: Iterable[str]) -> str:
+        """The lock's requirement lines (with their hashes) for these canonical names only."""
+        wanted, keep, out = set(names), False, []
+        for line in self.requirements.splitlines():
+            match = _PIN.match(line)
+            if match:
+                keep = canonicalize_name(match.group(1)) in wanted
+            elif not line.startswith((" ", "\t")):
+                keep = False
+            if keep:
+                out.append(line)
+        return "\n".join(out) + "\n"
+
+
+def path_for(inventory_source: str, project: Path) -> Path:
+    """`inventory/course.yml` -> `inventory/course.lock.yml`; `aws:C` -> `<project>/inventory/C.lock.yml`."""
+    if inventory_source.startswith("aws:"):
+        return project / "inventory" / f"{inventory_source[4:]}{SUFFIX}"
+    source = Path(inventory_source)
+    return source.with_name(source.stem + SUFFIX)
+
+
+def load(path: Path) -> dict[str, LockedVenv] | None:
+    if not path.exists():
+        return None
+    data, lines = yamlfile.load(path)
+    yamlfile.validate(data, SCHEMA, path, lines)
+    return {venv: LockedVenv(venv, tuple(item["wants"]), item["requirements"]) for venv, item in data["venvs"].items()}
+
+
+def resolve(wants: dict[str, list[str]], path: Path, python: str = PYTHON, platform: str = PLATFORM,
+            upgrade: bool = False) -> dict[str, LockedVenv]:
+    """Resolve each venv's wanted packages with uv, keeping today's pins where they still fit
+    (uv reads the previous output as its preference) unless `upgrade`."""
+    from uv import find_uv_bin
+
+    previous = load(path) or {}
+    resolved = {}
+    for venv, packages in sorted(wants.items()):
+        with tempfile.TemporaryDirectory() as scratch:
+            requirements, output = Path(scratch, "in.txt"), Path(scratch, "out.txt")
+            requirements.write_text("\n".join(packages) + "\n")
+            if venv in previous and not upgrade:
+                output.write_text(previous[venv].requirements)
+            argv = [find_uv_bin(), "pip", "compile", str(requirements), "-o", str(output), "--generate-hashes",
+                    "--python-version", python, "--python-platform", platform, "--no-header", "--no-annotate",
+                    "--quiet"] + (["--upgrade"] if upgrade else [])
+            done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, UV_NO_CONFIG="1"),
+                                  stdin=subprocess.DEVNULL)
+            if done.returncode:
+                raise InputError(f"uv could not resolve {', '.join(packages)} for Python {python} on {platform}: "
+                                 f"{done.stderr.strip()[-800:]}", key=f"venvs.{venv}")
+            resolved[venv] = LockedVenv(venv, tuple(sorted(packages)), output.read_text())
+    return resolved
+
+
+def save(path: Path, locked: dict[str, LockedVenv], python: str = PYTHON, platform: str = PLATFORM) -> None:
+    doc = {"python": python, "platform": platform,
+           "venvs": {venv: {"wants": list(item.wants), "requirements": item.requirements}
+                     for venv, item in sorted(locked.items())}}
+    header = ("# Written by `invoke lock`: every Python package this course's hosts install, with hashes.\n"
+              "# Commit it. `invoke lock --upgrade` moves to the newest versions the roles allow.\n")
+    text = header + yaml.dump(doc, Dumper=_LiteralDumper, sort_keys=False, width=200)
+    atomic.replace(path, text, mode=0o644)
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings as YAML literal blocks, so a lock reads (and diffs) as uv wrote it."""
+
+
+def _literal(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _literal)
+
+
+def wanted(steps: Iterable) -> dict[str, list[str]]:
+    """Venv -> every requirement the given Pip steps ask for (sorted, each once)."""
+    from fleet.engine.steps import Pip
+
+    found: dict[str, set[str]] = {}
+    for step in steps:
+        if isinstance(step, Pip):
+            found.setdefault(step.venv, set()).update(step.packages)
+    return {venv: sorted(packages) for venv, packages in found.items()}
+
+
+def attach(plans: dict, locked: dict[str, LockedVenv], path: Path, every_host: bool) -> None:
+    """Give each host's Pip steps the course lock (the first step of a venv installs it, the others
+    are covered), after refusing a lock that is stale for what these hosts want."""
+    from fleet.engine.steps import Pip
+
+    wants = wanted(step for plan in plans.values() for _, step in plan.steps)
+    for venv, packages in sorted(wants.items()):
+        have = locked.get(venv)
+        new = sorted(set(packages) - set(have.wants if have else ()))
+        dropped = sorted(set(have.wants) - set(packages)) if have and every_host else []
+        if new or dropped:
+            what = "; ".join(part for part in (f"the roles now want {', '.join(new)}" if new else "",
+                                               f"no longer want {', '.join(dropped)}" if dropped else "") if part)
+            raise InputError(f"the lock is stale for {venv}: {what}; run `invoke lock` to update it (then commit "
+                             f"{path.name})", file=str(path), key=f"venvs.{venv}")
+    for plan in plans.values():
+        seen: set[str] = set()
+        for _, step in plan.steps:
+            if isinstance(step, Pip):
+                step.lock, step.covered = locked[step.venv], step.venv in seen
+                seen.add(step.venv)

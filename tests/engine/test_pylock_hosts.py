@@ -1,0 +1,85 @@
+"""A course lock on 3 real hosts: every host installs the same packages, exactly the lock's; a
+changed lock repairs exactly the packages that changed; a host changed by hand is drift."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fleet.engine import pylock
+from fleet.testhosts import hosts as testhosts
+from tests.fixtures import fleet, sh
+
+pytestmark = pytest.mark.hosts
+STEP = "pip requests==2.32.3 in /opt/locked"
+
+
+@pytest.fixture(scope="module")
+def locked(hosts_factory, tmp_path_factory):
+    hosts = hosts_factory(3)
+    state = tmp_path_factory.mktemp("state")
+    inventory = state / "course.yml"
+    testhosts.write_inventory(hosts, inventory, vars={"roles": ["locked"]})
+    made = fleet("lock", state=state, inventory=inventory, roles_path=True)
+    assert made.rc == 0, made.output
+    yield hosts, state, inventory
+    testhosts.teardown(hosts)
+
+
+def freeze(host) -> dict[str, str]:
+    out = sh(host, "/opt/locked/bin/pip freeze --all --disable-pip-version-check").stdout
+    pairs = (line.split("==") for line in out.split() if "==" in line)
+    return {name.lower().replace("_", "-"): version for name, version in pairs if name not in ("pip", "setuptools", "wheel")}
+
+
+def messages(run, hosts) -> dict[str, str]:
+    return {h.name: next(s["message"] for s in run.report["hosts"][h.name]["steps"] if s["name"] == STEP) for h in hosts}
+
+
+def test_every_host_installs_exactly_the_lock(locked):
+    hosts, state, inventory = locked
+    lock = pylock.load(state / "course.lock.yml")["/opt/locked"]
+    first = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert first.rc == 0, first.output
+    assert set(messages(first, hosts).values()) == {
+        f"create venv, install {len(lock.pins())} locked packages ({', '.join(f'{n} {v}' for n, v in sorted(lock.pins().items()))})"
+        f" (lock {lock.fingerprint})"}
+    installed = [freeze(h) for h in hosts]
+    assert installed[0] == installed[1] == installed[2] == lock.pins()
+    again = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert again.rc == 0 and set(messages(again, hosts).values()) == {
+        f"/opt/locked matches the course lock {lock.fingerprint} ({len(lock.pins())} packages)"}
+
+
+def test_a_changed_lock_repairs_exactly_the_packages_that_changed(locked):
+    hosts, state, inventory = locked
+    before = pylock.load(state / "course.lock.yml")["/opt/locked"].pins()
+    data = yaml.safe_load(inventory.read_text())
+    data["vars"]["locked_extra"] = ["urllib3==2.2.3"]     # older than the lock's: one pin moves
+    inventory.write_text(yaml.safe_dump(data))
+    stale = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert stale.rc == 1 and "the lock is stale for /opt/locked" in " ".join(stale.output.split()), stale.output
+    relock = fleet("lock", state=state, inventory=inventory, roles_path=True)
+    assert relock.rc == 0, relock.output
+    lock = pylock.load(state / "course.lock.yml")["/opt/locked"]
+    moved = sorted(n for n, v in lock.pins().items() if before.get(n) != v)
+    assert moved == ["urllib3"] and lock.pins()["urllib3"] == "2.2.3"
+    run = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert run.rc == 0, run.output
+    assert set(messages(run, hosts).values()) == {f"install 1 locked package (urllib3 2.2.3) (lock {lock.fingerprint})"}
+    assert all(freeze(h) == lock.pins() for h in hosts)
+
+
+def test_a_host_changed_by_hand_is_drift_and_is_repaired(locked):
+    hosts, state, inventory = locked
+    lock = pylock.load(state / "course.lock.yml")["/opt/locked"]
+    sh(hosts[1], "/opt/locked/bin/pip install -q --disable-pip-version-check idna==3.6 six==1.16.0")
+    check = fleet("check", state=state, inventory=inventory, roles_path=True)
+    assert check.rc == 4, check.output
+    said = messages(check, hosts)
+    assert said[hosts[1].name] == (f"install 1 locked package (idna {lock.pins()['idna']}) and remove 1 not in the "
+                                   f"lock (six) (lock {lock.fingerprint})")
+    assert said[hosts[0].name] == said[hosts[2].name] == \
+        f"/opt/locked matches the course lock {lock.fingerprint} ({len(lock.pins())} packages)"
+    fixed = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert fixed.rc == 0, fixed.output
+    assert freeze(hosts[1]) == lock.pins()
