@@ -134,8 +134,15 @@ def _bundle_files(session: app.Session, row: dict) -> dict[str, tuple[str | byte
     files: dict[str, tuple[str | bytes, int]] = {}
     if not row["own_key"]:
         files[BUNDLE_KEY] = (session.secrets.students.private_path(row["student"]).read_bytes(), 0o600)
-    unix = ["ssh", *argv[1:]]
-    windows = [("%~dp0" + BUNDLE_KEY) if a == BUNDLE_KEY else a for a in argv[1:]]
+    pinned = _known_host_lines(row)
+    options: list[str] = []
+    if pinned:   # the machine's key as Fleet recorded it: the student's ssh checks it, no first-use prompt
+        files["known_hosts"] = (pinned, 0o600)
+        options = ["-o", "UserKnownHostsFile=known_hosts", "-o", "StrictHostKeyChecking=yes"]
+    unix = ["ssh", *options, *argv[1:]]
+    windows = [("%~dp0" + BUNDLE_KEY) if a == BUNDLE_KEY else
+               ("UserKnownHostsFile=%~dp0known_hosts" if a == "UserKnownHostsFile=known_hosts" else a)
+               for a in [*options, *argv[1:]]]
     files["tunnel.sh"] = ("#!/bin/sh\n# Opens the tunnel to your Jupyter; leave it running, then open url.txt.\n"
                           'cd "$(dirname "$0")" || exit 1\n'
                           + ("chmod 600 " + BUNDLE_KEY + "\n" if not row["own_key"] else "")
@@ -144,11 +151,22 @@ def _bundle_files(session: app.Session, row: dict) -> dict[str, tuple[str | byte
                            "then open url.txt.\r\n"
                            + "ssh.exe " + " ".join(f'"{a}"' if "%" in a or " " in a else a for a in windows) + "\r\n", 0o600)
     files["url.txt"] = (row["url"] + "\n", 0o600)
-    files["README.txt"] = (_howto(row), 0o600)
+    files["README.txt"] = (_howto(row, bool(pinned)), 0o600)
     return files
 
 
-def _howto(row: dict) -> str:
+def _known_host_lines(row: dict) -> str:
+    """The lines of the project's known_hosts (recorded on first contact) for this host's address."""
+    path = state.state_dir() / "known_hosts"
+    if not path.exists():
+        return ""
+    names = {row["address"], f"[{row['address']}]:{row['port']}"}
+    lines = [line for line in path.read_text().splitlines()
+             if line.split(" ", 1)[0] and set(line.split(" ", 1)[0].split(",")) & names]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _howto(row: dict, pinned: bool) -> str:
     key = ("your own SSH key (the public key you gave the instructor)" if row["own_key"]
            else f"the key in this folder ({BUNDLE_KEY}); keep it private, it is yours alone")
     return (f"Your Jupyter: {row['student']}\n\n"
@@ -159,5 +177,6 @@ def _howto(row: dict) -> str:
             "   Windows 10/11 (built-in OpenSSH): double-click tunnel.cmd\n"
             f"   (the command itself: {row['tunnel']})\n"
             "2. Open the address in url.txt in your browser. It holds your token: do not share it.\n\n"
-            "The first time, ssh asks you to confirm the machine's key fingerprint; your instructor can tell\n"
-            "you what it should be.\n")
+            + ("The machine's own key is in known_hosts: ssh checks it and refuses an impostor.\n" if pinned else
+               "The first time, ssh asks you to confirm the machine's key fingerprint; your instructor can tell\n"
+               "you what it should be.\n"))

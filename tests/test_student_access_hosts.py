@@ -165,6 +165,26 @@ def test_alices_key_tunnels_to_her_jupyter_and_to_nothing_else(course):
     assert back.returncode == 255 and "forwarding failed" in back.stderr.lower(), back
 
 
+def test_a_students_bundle_checks_her_machines_key_and_opens_her_login(course, tmp_path):
+    a, _, state, inventory = course
+    run = fleet("handout", "--bundle", str(tmp_path / "bundles"), "--hosts", a.name, state=state, inventory=inventory)
+    assert run.rc == 0, run.output
+    folder = tmp_path / "bundles" / "alice"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "id_ed25519", "known_hosts", "tunnel.cmd",
+                                                        "tunnel.sh", "url.txt"]
+    argv = shlex.split((folder / "tunnel.sh").read_text().splitlines()[-1].removeprefix("exec "))
+    assert argv[1:5] == ["-o", "UserKnownHostsFile=known_hosts", "-o", "StrictHostKeyChecking=yes"]
+    # Her ssh, as the bundle runs it, accepts the machine only by the recorded key, then meets her key's limits.
+    dest = argv.index("--")
+    attempt = subprocess.run(["ssh", "-o", "BatchMode=yes", *argv[1:dest], "-T", *argv[dest:], "true"], cwd=folder,
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert attempt.returncode == 1 and "opens only the tunnel to your Jupyter" in attempt.stdout, attempt
+    (folder / "known_hosts").write_text("")   # without the recorded key, strict checking refuses the machine
+    refused = subprocess.run(["ssh", "-o", "BatchMode=yes", *argv[1:dest], "-T", *argv[dest:], "true"], cwd=folder,
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 255 and "Host key verification failed" in refused.stderr, refused
+
+
 def test_a_key_the_student_plants_in_her_own_home_changes_nothing(course):
     a, _, state, inventory = course
     alice = handout(state, inventory)["alice"]
@@ -244,3 +264,4 @@ def test_a_removed_student_keeps_nothing_and_an_own_key_works_the_same_way(cours
         assert attempt.returncode == 255 and "Permission denied" in attempt.stderr, (user, address, attempt)
     again = fleet("provision", state=state, inventory=inventory)
     assert again.rc == 0 and all(h["status"] == "ok" for h in again.report["hosts"].values()), again.output
+
