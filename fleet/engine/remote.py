@@ -39,11 +39,12 @@ __read_as() {
   # Not a local user: ask NSS (LDAP and the like) before calling it absent.
   if [ -z "$found" ] && ! getent passwd "$1" >/dev/null; then echo ABSENT; return; fi
   out=$(mktemp) || return 1
-  timeout -k 2 __USER_READ_S runuser -u "$1" -- bash -c "$2" >"$out" 2>&1 </dev/null
+  # The subshell keeps bash's own "Killed" notice out of the fact.
+  ( timeout -k 3 __USER_READ_S runuser -u "$1" -- bash -c "$2" >"$out" 2>&1 </dev/null ) 2>/dev/null
   rc=$?
   cat "$out"; rm -f "$out"
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    echo "fleet: reading as $1 took over __USER_READ_S s and was stopped (a command the user planted?)"
+    printf '\nfleet: reading as %s took over __USER_READ_S s and was stopped (a command the user planted?)\n' "$1"
   fi
   return "$rc"
 }
