@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet.engine import history, state
-from fleet.engine.compile import compile_plans, host_vars
+from fleet.engine.compile import compile_plans, host_vars, wanted_packages
 from fleet.engine.git import RefResolver
 from fleet.engine.report import Reporter, console_width, write_json
 from fleet.engine.results import RunResult
@@ -143,7 +143,7 @@ def lock(inventory: str | None = None, upgrade: bool = False, python: str | None
     session = Session.open(inventory)
     plans = compile_plans(session.inventory, list(session.inventory.hosts), roleset=session.roleset, overrides={},
                           only_roles=None, secrets=session.secrets, masker=session.masker, use_lock=False)
-    wants = pylock.wanted(step for plan in plans.values() for _, step in plan.steps)
+    wants = wanted_packages(step for plan in plans.values() for _, step in plan.steps)
     if not wants:
         raise InputError("the course installs no Python packages (no pip step in its roles): nothing to lock",
                          file=session.inventory.source, key="vars.roles")

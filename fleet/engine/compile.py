@@ -6,12 +6,14 @@ import getpass
 import os
 from functools import partial
 from pathlib import Path
+from typing import Iterable
 
 from fleet.engine import pylock
 from fleet.engine.git import RefResolver
 from fleet.engine.roles import PROJECT, HostPlan, RoleContext, RoleSet, Templates
 from fleet.engine.secrets import CourseSecrets, Masker
-from fleet.engine.steps import Handler, Step, Verify
+from fleet.engine.pylock import LockedVenv
+from fleet.engine.steps import Handler, Pip, Step, Verify
 from fleet.errors import InputError, InputErrors
 from fleet.inventory.model import Host, Inventory
 from fleet.inventory.variables import HostVars, Var, inventory_layers, merge, render
@@ -117,7 +119,7 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
     lock_path = pylock.path_for(inventory.source, PROJECT)
     locked = pylock.load(lock_path) if use_lock else None
     if locked is not None:
-        pylock.attach(plans, locked, lock_path, every_host=set(hosts) == set(inventory.hosts))
+        attach_lock(plans, locked, lock_path, every_host=set(hosts) == set(inventory.hosts))
     return plans
 
 
@@ -150,3 +152,33 @@ def _role_steps(name: str, host, values: HostVars, roles: list[str], all_roles: 
             if wanted not in handler_names:
                 raise InputError(f"step {step.name!r} notifies unknown handler {wanted!r}", file=f"roles/{role}")
     return plan
+
+
+def wanted_packages(steps: Iterable[Step]) -> dict[str, list[str]]:
+    """Venv -> every requirement the given Pip steps ask for (sorted, each once)."""
+    found: dict[str, set[str]] = {}
+    for step in steps:
+        if isinstance(step, Pip):
+            found.setdefault(step.venv, set()).update(step.packages)
+    return {venv: sorted(packages) for venv, packages in found.items()}
+
+
+def attach_lock(plans: dict[str, HostPlan], locked: dict[str, LockedVenv], path: Path, every_host: bool) -> None:
+    """Give each host's Pip steps the course lock (the first step of a venv installs it, the others
+    are covered), after refusing a lock that is stale for what these hosts want."""
+    wants = wanted_packages(step for plan in plans.values() for _, step in plan.steps)
+    for venv, packages in sorted(wants.items()):
+        have = locked.get(venv)
+        new = sorted(set(packages) - set(have.wants if have else ()))
+        dropped = sorted(set(have.wants) - set(packages)) if have and every_host else []
+        if new or dropped:
+            what = "; ".join(part for part in (f"the roles now want {', '.join(new)}" if new else "",
+                                               f"no longer want {', '.join(dropped)}" if dropped else "") if part)
+            raise InputError(f"the lock is stale for {venv}: {what}; run `invoke lock` to update it (then commit "
+                             f"{path.name})", file=str(path), key=f"venvs.{venv}")
+    for plan in plans.values():
+        seen: set[str] = set()
+        for _, step in plan.steps:
+            if isinstance(step, Pip):
+                step.lock, step.covered = locked[step.venv], step.venv in seen
+                seen.add(step.venv)

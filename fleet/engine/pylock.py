@@ -137,36 +137,3 @@ def _literal(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 
 _LiteralDumper.add_representer(str, _literal)
 
-
-def wanted(steps: Iterable) -> dict[str, list[str]]:
-    """Venv -> every requirement the given Pip steps ask for (sorted, each once)."""
-    from fleet.engine.steps import Pip
-
-    found: dict[str, set[str]] = {}
-    for step in steps:
-        if isinstance(step, Pip):
-            found.setdefault(step.venv, set()).update(step.packages)
-    return {venv: sorted(packages) for venv, packages in found.items()}
-
-
-def attach(plans: dict, locked: dict[str, LockedVenv], path: Path, every_host: bool) -> None:
-    """Give each host's Pip steps the course lock (the first step of a venv installs it, the others
-    are covered), after refusing a lock that is stale for what these hosts want."""
-    from fleet.engine.steps import Pip
-
-    wants = wanted(step for plan in plans.values() for _, step in plan.steps)
-    for venv, packages in sorted(wants.items()):
-        have = locked.get(venv)
-        new = sorted(set(packages) - set(have.wants if have else ()))
-        dropped = sorted(set(have.wants) - set(packages)) if have and every_host else []
-        if new or dropped:
-            what = "; ".join(part for part in (f"the roles now want {', '.join(new)}" if new else "",
-                                               f"no longer want {', '.join(dropped)}" if dropped else "") if part)
-            raise InputError(f"the lock is stale for {venv}: {what}; run `invoke lock` to update it (then commit "
-                             f"{path.name})", file=str(path), key=f"venvs.{venv}")
-    for plan in plans.values():
-        seen: set[str] = set()
-        for _, step in plan.steps:
-            if isinstance(step, Pip):
-                step.lock, step.covered = locked[step.venv], step.venv in seen
-                seen.add(step.venv)

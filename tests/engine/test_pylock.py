@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from fleet.engine import pylock
+from fleet.engine.compile import attach_lock
 from fleet.engine.steps import Pip
 from fleet.engine.steps.packages import venv_fact
 from fleet.errors import InputError
@@ -101,7 +102,7 @@ def test_attach_refuses_a_lock_whose_wants_the_roles_dropped(tmp_path):
     plans = {"h": HostPlan(host=None, vars={}, roles=["r"])}
     plans["h"].steps.append(("r", step))
     bigger = {"/opt/v": pylock.LockedVenv("/opt/v", ("requests==2.32.3", "six==1.16.0"), LOCK.requirements)}
-    pylock.attach(plans, bigger, tmp_path / "c.lock.yml", every_host=False)   # a subset of hosts: fine
+    attach_lock(plans, bigger, tmp_path / "c.lock.yml", every_host=False)   # a subset of hosts: fine
     assert step.lock is bigger["/opt/v"] and not step.covered
     with pytest.raises(InputError, match="no longer want six==1.16.0"):
-        pylock.attach(plans, bigger, tmp_path / "c.lock.yml", every_host=True)
+        attach_lock(plans, bigger, tmp_path / "c.lock.yml", every_host=True)

@@ -3,19 +3,17 @@ facts they read (dpkg's database, the venv's dist-info folders, the apt cache's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from fleet.engine.facts import Fact
+from fleet.engine.pylock import LockedVenv
 from fleet.engine.steps.base import STATE_DIR, Outcome, Step, check_path
 from fleet.errors import InputError
 from fleet.shell import q
-
-if TYPE_CHECKING:
-    from fleet.engine.pylock import LockedVenv
 
 # Installed by `python3 -m venv` itself, never pinned by a course lock.
 SEEDED = frozenset({"pip", "setuptools", "wheel"})
