@@ -73,10 +73,10 @@ def decide(found: list[Loss], discard: bool, what: str, out: Console) -> bool:
     total = f"{store.human_bytes(sum(known))} in {sum(loss.files or 0 for loss in found)} files" if known else "unknown"
     if discard:
         out.print(f"[yellow]warning:[/] --discard-student-work: {what} destroys the work of {len(found)} "
-                  f"student{'s' if len(found) != 1 else ''} (at least {total}):\n{lines}", highlight=False)
+                  f"student{'s' if len(found) != 1 else ''} (at least {total}):\n{lines}", highlight=False, soft_wrap=True)
         return True
     out.print(f"[red]refused:[/] {what} would destroy student work that was not collected "
               f"({len(found)} student{'s' if len(found) != 1 else ''}, {total}):\n{lines}\n"
               "Collect it first (`invoke collect`, or add --collect), or pass --discard-student-work "
-              "to destroy it anyway.", highlight=False)
+              "to destroy it anyway.", highlight=False, soft_wrap=True)
     return False
