@@ -87,7 +87,7 @@ def before_teardown(session, names: list[str], what: str, *, collect_first: bool
 
 
 def guard_instances(course: str, instances: list, inventory: str | None, *, collect_first: bool, discard: bool,
-                    insecure_host_keys: bool, out: Console) -> bool:
+                    insecure_host_keys: bool, out: Console, to: str | None = None) -> bool:
     """`terminate`: the course's instances (fleet.aws Instance) about to be destroyed. They are
     reached through `inventory` (default aws:COURSE, the running ones) and matched to its hosts by
     the variable instance_id; an instance no host matches (stopped, say) cannot be read, and counts
@@ -111,4 +111,4 @@ def guard_instances(course: str, instances: list, inventory: str | None, *, coll
                                          "(start it, then collect)"))
     names = [by_id[i.id] for i in instances if i.id in by_id]
     return before_teardown(session, names, "terminate", collect_first=collect_first, discard=discard,
-                           insecure_host_keys=insecure_host_keys, out=out, unreadable=unreadable)
+                           insecure_host_keys=insecure_host_keys, out=out, unreadable=unreadable, to=to)
