@@ -18,6 +18,7 @@ from rich.table import Table
 from fleet.coursework import store, wire
 from fleet.coursework.targets import Target
 from fleet.coursework.unpack import shown, unpack
+from fleet.errors import FleetError
 from fleet.engine.results import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from fleet.transport.base import ConnectOptions, Unreachable
 from fleet.transport.connection import connect
@@ -112,7 +113,7 @@ def collect_all(targets: list[Target], options: ConnectOptions, dest: Path, cour
     def one(target: Target) -> Collected:
         try:
             result = collect_one(target, options, dest, course, now)
-        except OSError as exc:   # the controller's own disk: that student's collect fails, not the run
+        except (OSError, FleetError) as exc:   # the controller's own disk: that student fails, not the run
             result = Collected(target.name, target.student, "failed", message=f"on the controller: {exc}")
         on_done(result)
         return result

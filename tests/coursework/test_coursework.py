@@ -225,3 +225,31 @@ def test_the_teardown_verdict(monkeypatch, tmp_path, recorded, found, refused):
         assert "alice on h1" in out.file.getvalue()
         assert guard.decide(losses, discard=True, what="terminate", out=out) is True
         assert "warning: --discard-student-work" in out.file.getvalue()
+
+
+def test_demo_down_refuses_while_work_is_uncollected(monkeypatch, tmp_path):
+    """demo-down drops the demo hosts' disks: the same guard as terminate. The hosts' part (the
+    fingerprint) is replaced at its function; the shutdown itself is recorded, not done."""
+    from invoke import Exit
+
+    from fleet import cli
+    from fleet.testhosts import demo
+    from fleet.transport import keeper
+
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path / "state"))
+    local = tmp_path / "local.yml"
+    local.write_text("name: demo\nvars: {roles: [jupyter], course_user: student}\n"
+                     "hosts:\n  h1: {address: 10.211.1.2, vars: {student: ana}}\n")
+    monkeypatch.setattr(demo, "LOCAL_INVENTORY", local)
+    stopped = []
+    monkeypatch.setattr(demo, "stop_demo", lambda: stopped.append("hosts"))
+    monkeypatch.setattr(keeper, "stop", lambda state: None)
+    monkeypatch.setattr(guard, "fingerprint", lambda target, options: {"fingerprint": "f", "files": 1, "bytes": 5})
+    with pytest.raises(Exit) as refused:
+        cli.demo_down()
+    assert refused.value.code == 1 and stopped == []
+    cli.demo_down(discard=True)
+    assert stopped == ["hosts"]
+    store.remember("demo", "h1", {"student": "ana", "time": "T", "fingerprint": "f"})
+    cli.demo_down()
+    assert stopped == ["hosts", "hosts"]

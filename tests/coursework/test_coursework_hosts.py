@@ -131,6 +131,23 @@ def test_restore_onto_a_fresh_host_and_run_a_restored_cell(classroom):
     assert outputs == ["alice was here 42\n"], outputs
 
 
+def test_the_class_report_shows_student_work_and_last_collect(classroom):
+    import re
+
+    (alice, bob, fresh), state, inventory, scratch = classroom
+    page = scratch.parent / "class.html"
+    run = fleet("report", "--output", str(page), state=state, inventory=inventory)
+    assert run.rc == 0, run.output
+    html = page.read_text()
+    cells = {m.group(1): (m.group(2), m.group(3), m.group(4)) for m in re.finditer(
+        r'<tr data-host="([^"]+)">.*?<td class="student">([^<]*)</td>\s*<td class="work small">([^<]*)</td>'
+        r'\s*<td class="collected small">([^<]*)</td>', html, re.S)}
+    files = int(sh(alice, f"find /home/{USER}/notebooks -type f | wc -l").stdout)
+    assert cells[alice.name][0] == "alice" and cells[alice.name][1].startswith(f"{files} files, ")
+    assert cells[alice.name][2].endswith(" UTC") and cells[bob.name][2].endswith(" UTC")
+    assert cells[fresh.name][0] == "carol" and cells[fresh.name][2] == "never"
+
+
 def test_terminate_refuses_until_the_changed_work_is_collected(classroom, moto_url, aws, ami, monkeypatch, capsys):  # noqa: F811
     """The fingerprint comes from the real host; the instance it stands for is moto's."""
     from invoke import Context, Exit
