@@ -253,3 +253,42 @@ def test_demo_down_refuses_while_work_is_uncollected(monkeypatch, tmp_path):
     store.remember("demo", "h1", {"student": "ana", "time": "T", "fingerprint": "f"})
     cli.demo_down()
     assert stopped == ["hosts", "hosts"]
+
+
+@pytest.mark.parametrize("call, expected", [
+    (lambda cli, inv: cli.collect("nohost", inv, None), "nohost"),
+    (lambda cli, inv: cli.restore("zed", None, None, inv, None), "no host of"),
+    (lambda cli, inv: cli.restore("../etc", None, None, inv, None), "expected a student name"),
+    (lambda cli, inv: cli.restore("ana", "h9", None, inv, None), "unknown host 'h9'"),
+    (lambda cli, inv: cli.restore("ana", None, None, inv, "/nonexistent-collects"), "no collected work"),
+])
+def test_bad_input_touches_nothing(monkeypatch, tmp_path, capsys, call, expected):
+    from invoke import Exit
+
+    from fleet import cli
+
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path / "state"))
+    inventory = tmp_path / "course.yml"
+    inventory.write_text("name: c\nvars: {roles: [jupyter], course_user: student}\n"
+                         "hosts:\n  h1: {address: 192.0.2.1, vars: {student: ana}}\n")
+    with pytest.raises(Exit) as failed:
+        call(cli, str(inventory))
+    assert failed.value.code == 1 and expected in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("vars_, key", [
+    ("{student: ana, collect_paths: [../../etc]}", "collect_paths"),
+    ("{student: ana, collect_max_mb: 0}", "collect_max_mb"),
+    ("{student: 'a b'}", "student"),
+])
+def test_bad_knobs_are_named(tmp_path, monkeypatch, vars_, key):
+    from fleet import app
+    from fleet.coursework import targets
+    from fleet.errors import InputError
+
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path / "state"))
+    inventory = tmp_path / "course.yml"
+    inventory.write_text(f"vars: {{course_user: student}}\nhosts:\n  h1: {{address: 192.0.2.1, vars: {vars_}}}\n")
+    with pytest.raises(InputError) as bad:
+        targets.resolve(app.Session.open(str(inventory)), ["h1"])
+    assert key in str(bad.value)
