@@ -18,8 +18,8 @@ from rich.table import Table
 from fleet.coursework import store, wire
 from fleet.coursework.targets import Target
 from fleet.coursework.unpack import shown, unpack
-from fleet.errors import FleetError
 from fleet.engine.results import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
+from fleet.errors import FleetError
 from fleet.transport.base import ConnectOptions, Unreachable
 from fleet.transport.connection import connect
 
