@@ -292,3 +292,21 @@ def test_bad_knobs_are_named(tmp_path, monkeypatch, vars_, key):
     with pytest.raises(InputError) as bad:
         targets.resolve(app.Session.open(str(inventory)), ["h1"])
     assert key in str(bad.value)
+
+
+@pytest.mark.parametrize("output, expected", [
+    ("sudo: a password is required\n", "no answer from the host's reader"),
+    ("M-BEGIN\nnot base64!\n\nM-TRAILER {}\n", "not base64"),
+    ("M-BEGIN\n\nM-TRAILER [1]\n", "not a JSON object"),
+    ("M-BEGIN\n\nM-TRAILER {oops\n", "not JSON"),
+])
+def test_a_garbled_answer_is_an_error_not_a_guess(output, expected):
+    with pytest.raises(wire.HostSideError, match=expected):
+        wire.parse(output, "M")
+
+
+def test_the_script_keeps_parameters_off_the_command_line():
+    text, mark = wire.script("student", {"mode": "collect", "known": {"a": "secret-ish"}})
+    command_line = text.split("<<'", 1)[0]
+    assert "runuser -u student -- python3 -I -c" in command_line and "secret-ish" not in command_line
+    assert wire.parse(f"{mark}-NOUSER\n", mark) == ({"nouser": True}, b"")
