@@ -109,10 +109,33 @@ def disconnect(c):
     cli.disconnect()
 
 
-@task
-def demo_down(c):
-    """Shut down the demo's local test hosts."""
-    cli.demo_down()
+@task(help={"collect": "collect the students' work first, then shut down",
+            "discard-student-work": "shut down even though student work was not collected (it is lost)"})
+def demo_down(c, collect=False, discard_student_work=False):
+    """Shut down the demo's local test hosts (refused while student work is uncollected)."""
+    cli.demo_down(collect_first=collect, discard=discard_student_work)
+
+
+@task(help={"hosts": HOSTS, "inventory": INVENTORY,
+            "to": "where to put the work: DIR/<student>/<time>/ (default collected/<course>/)",
+            "insecure-host-keys": "accept any host key (throwaway hosts)"})
+def collect(c, hosts="all", inventory=None, to=None, insecure_host_keys=False):
+    """Collect each student's work (Jupyter folder and collect_paths) into collected/<course>/<student>/."""
+    cli.collect(hosts=hosts, inventory=inventory, to=to, insecure_host_keys=insecure_host_keys)
+
+
+@task(help={"student": "whose work to put back", "host": "onto this host (default: the host of that student)",
+            "from": "which collect (a folder name under <student>/; default the latest)", "inventory": INVENTORY,
+            "to": "the collected folder the work was collected into (default collected/<course>/)",
+            "overwrite": "replace files on the host even when they are newer than the collected copy",
+            "insecure-host-keys": "accept any host key (throwaway hosts)"})
+def restore(c, student=None, host=None, from_=None, inventory=None, to=None, overwrite=False,
+            insecure_host_keys=False):
+    """Put a student's collected work back onto a machine, as the course user."""
+    if not student:
+        raise Exit("--student is required", 1)
+    cli.restore(student=student, host=host, from_=from_, inventory=inventory, to=to, overwrite=overwrite,
+                insecure_host_keys=insecure_host_keys)
 
 
 @task(help={"k": "only tests matching this expression", "unit": "skip the tests that boot hosts"})
@@ -133,7 +156,8 @@ def bench(c, hosts="1,10,30", json="bench/results.json", baked_only=False):
     cli.bench(counts=[int(n) for n in str(hosts).split(",") if n.strip()], json_path=json, baked_only=baked_only)
 
 
-ns = Collection(provision, check, facts, vars, tunnel, handout, students, lock, gpus, report, disconnect, demo, demo_down, test, bench)
+ns = Collection(provision, check, facts, vars, tunnel, handout, students, lock, gpus, report, disconnect, demo,
+                demo_down, test, bench, collect, restore)
 try:
     from fleet.aws import tasks as tasks_cloud  # launch, status, stop, start, terminate, snapshot, bake, images (boto3)
 

@@ -22,11 +22,14 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from rich.console import Console
 
+from fleet.coursework.store import human_bytes, last_collects
+from fleet.coursework.targets import work_roots
 from fleet.engine import history
 from fleet.engine.drift import compact
 from fleet.engine.drift import groups as drift_groups
 from fleet.engine.facts import Fact
 from fleet.engine.roles import PROJECT
+from fleet.engine.steps import read_as
 from fleet.errors import InputError
 from fleet.shell import q
 from roles.mxnet.gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
@@ -73,6 +76,19 @@ AUTOSTOP_FACT = Fact(
 )
 
 
+def work_fact(user: str, roots: list[str]) -> Fact:
+    """Files and bytes of the student's work folder, read as the course user (find never follows
+    a link); relative roots are relative to that user's home."""
+    command = (f"cd \"$(getent passwd {q(user)} | cut -d: -f6)\" 2>/dev/null && find {' '.join(q(r) for r in roots)} "
+               "-type f -printf '%s\\n' 2>/dev/null | awk '{n++; s+=$1} END {print n+0, s+0}'")
+    return Fact("report:work", read_as(user, command), lambda text: _parse_work(text))
+
+
+def _parse_work(text: str) -> tuple[int, int] | None:
+    fields = text.split()
+    return (int(fields[-2]), int(fields[-1])) if len(fields) >= 2 and fields[-2].isdigit() and fields[-1].isdigit() else None
+
+
 def mxnet_fact(venv: str) -> Fact:
     # a venv's *.dist-info names say what is installed without starting Python
     return Fact("report:mxnet", f"ls -d {q(venv)}/lib/python3*/site-packages/mxnet*.dist-info 2>/dev/null; true",
@@ -117,6 +133,9 @@ class Row:
     changes: int
     roles: list[str]
     last_provision: dict[str, Any] | None
+    student: str = "-"
+    work: str = "-"
+    collected: str | None = None
     jupyter: str = "-"
     jupyter_ok: bool | None = None
     kernels: list[str] = field(default_factory=list)
@@ -268,12 +287,14 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
         v = values[host.name]
         address = "127.0.0.1" if v.get("jupyter_ip") in ("0.0.0.0", "::", "", None) else v["jupyter_ip"]
         return [jupyter_fact(address, int(v.get("jupyter_port", 8888)), str(v.get("jupyter_token", ""))),
-                AUTOSTOP_FACT, mxnet_fact(v.get("jupyter_venv", "/opt/jupyter")), GPU_FACT]
+                AUTOSTOP_FACT, mxnet_fact(v.get("jupyter_venv", "/opt/jupyter")), GPU_FACT,
+                work_fact(str(v.get("course_user")), work_roots(v, session.inventory.source))]
 
     reachable = [n for n in names if run_hosts.get(n, {}).get("status") != "unreachable"]
     found = gather([session.inventory.hosts[n] for n in reachable], facts_for,
                    app.connect_options(insecure_host_keys)) if reachable else {}
     last = history.last(session.inventory.source)
+    collected = last_collects(session.inventory.name)
     aws, total_cost, aws_error = _aws(session.inventory.source, values)
 
     rows = []
@@ -296,6 +317,11 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
                 row.gpu, fits = gpu_text(name, facts[GPU_FACT.key], v)
                 if "mxnet" in row.roles:
                     row.mxnet += f"; {fits}"
+        row.student = str(v.get("student") or name)
+        row.collected = (collected.get(name) or {}).get("time")
+        if isinstance(facts, dict):
+            work = facts.get("report:work")
+            row.work = "-" if work is None else f"{work[0]} files, {human_bytes(work[1])}"
         if name in aws:
             row.instance, row.cost = aws[name]
         rows.append(row)

@@ -208,13 +208,38 @@ def disconnect() -> None:
     console.print(message)
 
 
-def demo_down() -> None:
+@user_errors
+def demo_down(collect_first: bool = False, discard: bool = False) -> None:
     from fleet.engine.state import state_dir
-    from fleet.testhosts.demo import stop_demo
+    from fleet.testhosts.demo import LOCAL_INVENTORY, stop_demo
     from fleet.transport.keeper import stop
 
+    if LOCAL_INVENTORY.exists():   # the demo's hosts' disks go: their students' work first
+        from fleet.coursework.commands import before_teardown
+
+        session = app.Session.open(str(LOCAL_INVENTORY))
+        if not before_teardown(session, list(session.inventory.hosts), "demo-down", collect_first=collect_first,
+                               discard=discard, insecure_host_keys=True, out=console):
+            raise Exit(code=EXIT_INPUT)
     stop(state_dir())  # its connections led to the demo's hosts
     stop_demo()
+
+
+@user_errors
+def collect(hosts: str, inventory: str | None, to: str | None, insecure_host_keys: bool = False) -> None:
+    from fleet.coursework.commands import collect as run
+
+    code = run(hosts, inventory, to, insecure_host_keys, console)
+    if code:
+        raise Exit(code=code)
+
+
+@user_errors
+def restore(student: str, host: str | None, from_: str | None, inventory: str | None, to: str | None,
+            overwrite: bool = False, insecure_host_keys: bool = False) -> None:
+    from fleet.coursework.commands import restore_work
+
+    restore_work(student, host, from_, inventory, to, overwrite, insecure_host_keys, console)
 
 
 def bench(counts: list[int], json_path: str, baked_only: bool = False) -> None:

@@ -217,3 +217,11 @@ def test_gpu_cell_from_recorded_probes(recording, cell, fits):
     facts = parse_gpu_probe((Path(__file__).parent / "data" / "gpu" / recording).read_text())
     found = classreport.gpu_text("h1", facts, {"mxnet_build": "auto"})
     assert found[0] == cell and found[1].startswith(fits), found
+
+
+@pytest.mark.parametrize("text, expected", [("12 3456\n", (12, 3456)), ("ABSENT\n", None), ("0 0", (0, 0))])
+def test_work_size(text, expected):
+    fact = classreport.work_fact("student", ["/home/student/notebooks", "projects"])
+    assert fact.parse(text) == expected
+    # read as the course user; find never follows a link (no -L)
+    assert fact.command.startswith("__read_as student ") and "find /home/student/notebooks projects -type f" in fact.command

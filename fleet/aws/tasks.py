@@ -184,9 +184,17 @@ def start(c, course=None, region=None):
 
 @task(help={"course": "course name", "region": "AWS region (default: from your profile)",
             "yes": "do not ask for confirmation",
-            "images": "also deregister the course's images and delete their snapshots"})
-def terminate(c, course=None, region=None, yes=False, images_=False):
-    """Destroy the course's instances and their disks (asks first unless --yes); --images: its images too."""
+            "images": "also deregister the course's images and delete their snapshots",
+            "collect": "collect the students' work first (into collected/<course>/), then terminate",
+            "discard-student-work": "terminate even though student work was not collected (it is lost)",
+            "inventory": "how the instances are reached for the work check (default aws:COURSE; hosts are "
+                         "matched by their instance_id variable, as `invoke snapshot` writes them)",
+            "insecure-host-keys": "accept any host key (throwaway hosts)",
+            "to": "with --collect: where the work goes (default collected/<course>/)"})
+def terminate(c, course=None, region=None, yes=False, images_=False, collect=False, discard_student_work=False,
+              inventory=None, insecure_host_keys=False, to=None):
+    """Destroy the course's instances and their disks (asks first unless --yes); --images: its images too.
+    Refused while a machine holds student work that changed since the last `invoke collect`."""
     course = _need(course)
     out = _console()
     try:
@@ -197,6 +205,8 @@ def terminate(c, course=None, region=None, yes=False, images_=False):
     if not targets and not doomed:
         out.print(f"course {course}: no instances to terminate" + (" and no images" if images_ else ""))
         return
+    if targets:
+        _work_guard(course, targets, inventory, collect, discard_student_work, insecure_host_keys, out, to)
     if doomed:
         out.print(f"will deregister {len(doomed)} images and delete their snapshots: "
                   + ", ".join(i.id for i in doomed))
@@ -221,6 +231,21 @@ def terminate(c, course=None, region=None, yes=False, images_=False):
         out.print(f"deregistered {len(removed)} images, deleted "
                   f"{sum(len(i.snapshots) for i in removed)} snapshots")
     out.print(f"kept for re-use: key pair and security group {cloud.group_name(course)}")
+
+
+def _work_guard(course: str, targets: list, inventory: str | None, collect: bool, discard: bool,
+                insecure_host_keys: bool, out: Console, to: str | None = None) -> None:
+    """Student work on the doomed disks: collected, or explicitly given up; else exit 1."""
+    from fleet.coursework.commands import guard_instances
+    from fleet.errors import FleetError, InputError
+
+    try:
+        go = guard_instances(course, targets, inventory, collect_first=collect, discard=discard,
+                             insecure_host_keys=insecure_host_keys, out=out, to=to)
+    except (InputError, FleetError, cloud.CloudError) as exc:
+        raise Exit(f"error: {exc}; nothing terminated", 1) from None
+    if not go:
+        raise Exit("nothing terminated", 1)
 
 
 @task(help={"course": "course name", "out": "output file (default inventory/<course>-aws.yml)",

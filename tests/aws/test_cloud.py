@@ -361,7 +361,10 @@ def _run_task(args: list[str], env: dict, answer: str | None = None) -> subproce
 
 
 def test_tasks_cli_launch_and_terminate_confirmation(aws, tmp_path, ami):
-    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200")
+    # moto's instances cannot be logged into: their work cannot be read, so each terminate here says
+    # --discard-student-work (tests/aws/test_teardown_guard.py tests that refusal).
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200", FLEET_STATE_DIR=str(tmp_path / "state"),
+               FLEET_SSH_PERSIST="0")
     keys = tmp_path / "cli-keys"
     proc = _run_task(["launch", "--course", "cli", "--count", "2", "--instance-type", "t3.micro",
                       "--ami", ami, "--cidr", CIDR, "--no-wait-ssh", "--key-dir", str(keys)], env)
@@ -371,16 +374,16 @@ def test_tasks_cli_launch_and_terminate_confirmation(aws, tmp_path, ami):
     assert stat.S_IMODE((keys / "cli.pem").stat().st_mode) == 0o400
 
     # no terminal to ask: refuses, non-zero, nothing terminated
-    proc = _run_task(["terminate", "--course", "cli"], env)
+    proc = _run_task(["terminate", "--course", "cli", "--discard-student-work"], env)
     assert proc.returncode != 0
     assert "nothing terminated" in proc.stderr + proc.stdout
     assert len(cloud.course_instances("cli")) == 2
 
     # a wrong answer refuses too
-    proc = _run_task(["terminate", "--course", "cli"], env, answer="no\n")
+    proc = _run_task(["terminate", "--course", "cli", "--discard-student-work"], env, answer="no\n")
     assert proc.returncode != 0 and len(cloud.course_instances("cli")) == 2
 
-    proc = _run_task(["terminate", "--course", "cli", "--yes"], env)
+    proc = _run_task(["terminate", "--course", "cli", "--yes", "--discard-student-work"], env)
     assert proc.returncode == 0, proc.stderr
     assert cloud.course_instances("cli") == []
 

@@ -37,7 +37,8 @@ def instance_image(ec2, instance_id: str) -> str:
 
 
 def task(args: list[str], answer: str | None = None):
-    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="250")
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="250", FLEET_SSH_PERSIST="0",
+               FLEET_STATE_DIR=os.path.join(os.getcwd(), ".fleet-state"))
     return _run_task(args, env, answer)
 
 
@@ -131,7 +132,7 @@ def test_status_shows_image_storage_cost(aws, baked):
 def test_terminate_images_removes_them_with_the_course(aws, baked):
     other = up("other", 1, Path(os.getcwd()), baked["base"], instance_type="t3.micro").instances[0]
     kept = images.create("other", other.id, "f" * 16, ["jupyter"], delay=1, attempts=5)
-    proc = task(["terminate", "--course", COURSE, "--images", "--yes"])
+    proc = task(["terminate", "--course", COURSE, "--images", "--yes", "--discard-student-work"])
     assert proc.returncode == 0, proc.stderr
     assert "deregistered 1 images, deleted 1 snapshots" in proc.stdout
     assert cloud.course_instances(COURSE) == [] and images.course_images(COURSE) == []
