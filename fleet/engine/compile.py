@@ -14,6 +14,7 @@ from fleet.engine.roles import PROJECT, HostPlan, RoleContext, RoleSet, Template
 from fleet.engine.secrets import CourseSecrets, Masker
 from fleet.engine.pylock import LockedVenv
 from fleet.engine.steps import Handler, Pip, Step, Verify
+from fleet.engine.steps.packages import UV_VENV
 from fleet.errors import InputError, InputErrors
 from fleet.inventory.model import Host, Inventory
 from fleet.inventory.variables import HostVars, Var, inventory_layers, merge, render
@@ -146,12 +147,25 @@ def _role_steps(name: str, host, values: HostVars, roles: list[str], all_roles: 
                 plan.steps.append((role, item))
             else:
                 raise TypeError(f"roles/{role}: steps() returned {item!r}")
+    _installer(plan, values)
     handler_names = {h.name for h in plan.handlers}
     for role, step in plan.steps:
         for wanted in step.notify:
             if wanted not in handler_names:
                 raise InputError(f"step {step.name!r} notifies unknown handler {wanted!r}", file=f"roles/{role}")
     return plan
+
+
+def _installer(plan: HostPlan, values: HostVars) -> None:
+    """Every Pip step installs with the course's python_installer; with uv, a step that puts uv in
+    its own venv (with pip, the one bootstrap) comes before the host's first Pip step."""
+    pips = [i for i, (_, step) in enumerate(plan.steps) if isinstance(step, Pip)]
+    if not pips or values.python_installer != "uv":
+        return
+    for i in pips:
+        plan.steps[i][1].installer = "uv"
+    role = plan.steps[pips[0]][0]
+    plan.steps.insert(pips[0], (role, Pip(UV_VENV, [f"uv=={values.uv_version}"])))
 
 
 def wanted_packages(steps: Iterable[Step]) -> dict[str, list[str]]:

@@ -106,3 +106,42 @@ def test_attach_refuses_a_lock_whose_wants_the_roles_dropped(tmp_path):
     assert step.lock is bigger["/opt/v"] and not step.covered
     with pytest.raises(InputError, match="no longer want six==1.16.0"):
         attach_lock(plans, bigger, tmp_path / "c.lock.yml", every_host=True)
+
+
+@pytest.mark.parametrize("installer,install,uninstall", [
+    ("pip", "/opt/v/bin/pip install --disable-pip-version-check -q --no-deps --require-hashes -r",
+     "/opt/v/bin/pip uninstall -y -q six"),
+    ("uv", "env UV_NO_CONFIG=1 UV_NATIVE_TLS=1 UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never "
+           "/var/lib/jupyter-fleet/uv/bin/uv pip install -q --python /opt/v/bin/python --no-deps --require-hashes -r",
+     "/var/lib/jupyter-fleet/uv/bin/uv pip uninstall -q --python /opt/v/bin/python six"),
+])
+def test_the_course_installer_runs_the_locked_install(installer, install, uninstall):
+    step = Pip("/opt/v", ["requests==2.32.3"], installer=installer)
+    step.lock = LOCK
+    outcome = step.plan({venv_fact("/opt/v").key: {"idna": "3.7", "certifi": "2024.8.30", "requests": "2.32.3",
+                                                    "six": "1.16.0"}})
+    script = "\n".join(outcome.commands)
+    assert install in script and uninstall in script
+
+
+def test_with_uv_each_host_gets_uv_first_by_pip_then_every_pip_step_uses_it(tmp_path):
+    from fleet import app
+
+    path = tmp_path / "course.yml"
+    path.write_text(yaml.safe_dump({"name": "c", "vars": {"roles": ["jupyter", "clusters"]},
+                                    "hosts": {"h1": {"address": "10.0.0.1", "user": "ubuntu"}}}))
+    import os
+    os.environ["FLEET_STATE_DIR"] = str(tmp_path / "state")
+    try:
+        for installer, expected in (("uv", ["pip", "uv", "uv"]), ("pip", ["pip", "pip"])):
+            session = app.Session.open(str(path))
+            from fleet.engine.compile import compile_plans
+            plans = compile_plans(session.inventory, ["h1"], roleset=session.roleset,
+                                  overrides={"python_installer": installer}, only_roles=None,
+                                  secrets=session.secrets, masker=session.masker)
+            pips = [s for _, s in plans["h1"].steps if isinstance(s, Pip)]
+            assert [s.installer for s in pips] == expected
+            if installer == "uv":
+                assert pips[0].venv == "/var/lib/jupyter-fleet/uv" and pips[0].packages == ["uv==0.13.9"]
+    finally:
+        del os.environ["FLEET_STATE_DIR"]

@@ -17,6 +17,13 @@ from fleet.shell import q
 
 # Installed by `python3 -m venv` itself, never pinned by a course lock.
 SEEDED = frozenset({"pip", "setuptools", "wheel"})
+# uv, the installer: a venv of its own on each host, put there by pip (fleet.engine.compile adds
+# that step before a host's first Pip step when the course's `python_installer` is uv).
+UV_VENV = f"{STATE_DIR}/uv"
+UV = f"{UV_VENV}/bin/uv"
+# uv reads no config a user could plant, uses the system's CA bundle as pip does, and writes
+# bytecode at install time: the first Jupyter start after a cold install is not slowed.
+UV_ENV = "env UV_NO_CONFIG=1 UV_NATIVE_TLS=1 UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never"
 
 
 def dpkg_fact(packages: tuple[str, ...]) -> Fact:
@@ -99,6 +106,7 @@ class Pip(Step):
     packages: list[str]
     python: str = "python3"
     notify: tuple[str, ...] = ()
+    installer: str = "pip"           # or "uv" (compile sets it from the course's python_installer)
     lock: LockedVenv | None = None   # the course lock (fleet/engine/pylock.py), set by compile
     covered: bool = False            # an earlier Pip step of this host installs the venv's lock
 
@@ -129,8 +137,7 @@ class Pip(Step):
             missing = unsatisfied(self.packages, installed)
         if not missing:
             return Outcome(False, f"{', '.join(self.packages)} already satisfied in {self.venv}")
-        commands.append(f"__retry 3 {q(self.venv + '/bin/pip')} install --disable-pip-version-check -q "
-                        f"{' '.join(map(q, missing))}")
+        commands.append(f"__retry 3 {self._install()} {' '.join(map(q, missing))}")
         verb = "create venv, install" if installed is None else "install"
         return Outcome(True, f"{verb} {', '.join(missing)}", commands)
 
@@ -147,20 +154,30 @@ class Pip(Step):
         extra = sorted(set(have) - set(pins) - SEEDED)
         if not changed and not extra:
             return Outcome(False, f"{self.venv} matches the course lock {self.lock.fingerprint} ({len(pins)} packages)")
-        pip = q(self.venv + "/bin/pip")
         said = []
         if changed:
             end = "__FLEET_LOCK__"
             commands.append(f"__lock=$(mktemp)\ncat > \"$__lock\" <<'{end}'\n{self.lock.blocks(changed)}{end}\n"
-                            f"__retry 3 {pip} install --disable-pip-version-check -q --no-deps --require-hashes "
-                            f"-r \"$__lock\"\nrm -f \"$__lock\"")
+                            f"__retry 3 {self._install()} --no-deps --require-hashes -r \"$__lock\"\n"
+                            "rm -f \"$__lock\"")
             said.append(f"install {len(changed)} locked package{'s' if len(changed) != 1 else ''} "
                         f"({_listed(changed, pins)})")
         if extra:
-            commands.append(f"{pip} uninstall -y -q {' '.join(map(q, extra))}")
+            commands.append(f"{self._uninstall()} {' '.join(map(q, extra))}")
             said.append(f"remove {len(extra)} not in the lock ({', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''})")
         verb = "create venv, " if installed is None else ""
         return Outcome(True, verb + " and ".join(said) + f" (lock {self.lock.fingerprint})", commands)
+
+
+    def _install(self) -> str:
+        if self.installer == "uv":
+            return f"{UV_ENV} {UV} pip install -q --python {q(self.venv + '/bin/python')}"
+        return f"{q(self.venv + '/bin/pip')} install --disable-pip-version-check -q"
+
+    def _uninstall(self) -> str:
+        if self.installer == "uv":
+            return f"{UV_ENV} {UV} pip uninstall -q --python {q(self.venv + '/bin/python')}"
+        return f"{q(self.venv + '/bin/pip')} uninstall -y -q"
 
 
 def _same_version(have: str | None, want: str) -> bool:
