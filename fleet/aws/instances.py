@@ -17,6 +17,7 @@ from fleet.aws.common import (ACTIVE_STATES, COURSE_TAG, DEFAULT_KEY_DIR, MANAGE
                               free_slots, is_gpu_type, key_path, normalize_cidr, slot_order, tag_spec, wait_for_ssh)
 from fleet.aws.groups import ensure_security_group
 from fleet.aws.keys import ensure_key_pair
+from fleet.aws.profile import METADATA_OPTIONS, ProfileChoice, check
 
 # ------------------------------------------------------------------ instances
 
@@ -70,10 +71,12 @@ def course_instances(
 
 
 def _run_one(ec2: Any, course: str, slot: int, *, ami: str, instance_type: str,
-             key: str, group_id: str) -> Instance:
+             key: str, group_id: str, profile: ProfileChoice = ProfileChoice()) -> Instance:
     name = f"{course}-{slot}"
     tags = tag_spec("instance", course, Name=name, **{SLOT_TAG: str(slot)})
     resp = ec2.run_instances(
+        # No instance profile unless the course allowed one (fleet.aws.profile): students can read it.
+        **check(profile).request(),
         ImageId=ami,
         InstanceType=instance_type,
         KeyName=key,
@@ -83,7 +86,7 @@ def _run_one(ec2: Any, course: str, slot: int, *, ami: str, instance_type: str,
         # The idle auto-stop runs `poweroff` inside the VM: with "stop" that stops the
         # instance (disk kept, billing paused) instead of destroying a student's work.
         InstanceInitiatedShutdownBehavior="stop",
-        MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        MetadataOptions=dict(METADATA_OPTIONS),
         # Tags go on at creation (one call per slot, as tags differ): an instance can
         # never exist untagged, so it can never escape status/stop/terminate.
         TagSpecifications=[tags, {**tag_spec("volume", course, Name=name)}],
@@ -106,14 +109,17 @@ def launch(
     user: str = "ubuntu",
     ssh_timeout: float = 600.0,
     ip_lookup: Callable[[], str] = caller_public_ip,
+    profile: ProfileChoice = ProfileChoice(),
 ) -> LaunchResult:
     """Bring the course up to `count` managed instances; safe to re-run.
 
     Existing non-terminated instances (stopped ones included) count towards `count`;
     only the missing slots are launched, lowest numbers first. Never shrinks.
     `user` is accepted for symmetry with inventory_hosts (the AMI decides the login).
+    An instance profile (`profile`) is refused unless the course allowed it: before any AWS call.
     """
     check_course(course)
+    check(profile)
     if count < 1:
         raise CloudError("count must be at least 1")
     session, ec2, region_name = ec2_session(region)
@@ -133,12 +139,14 @@ def launch(
             try:
                 result.launched.append(_run_one(ec2, course, slot, ami=result.ami or "",
                                                 instance_type=instance_type, key=key,
-                                                group_id=group_id))
+                                                group_id=group_id, profile=profile))
             except ClientError as exc:
                 done = ", ".join(i.name for i in result.launched) or "none"
                 err = explain(exc, region=region_name, instance_type=instance_type)
                 raise CloudError(f"{err} (launched before the error: {done}; re-running launch "
                                  "only adds the missing slots)") from None
+        if profile.name:
+            result.notes.append(profile.warning() or "")
         stopped = [i.name for i in existing if i.state in ("stopped", "stopping")]
         if stopped:
             result.notes.append(f"stopped, left as is (use `invoke start`): {', '.join(stopped)}")

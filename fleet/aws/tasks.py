@@ -85,10 +85,12 @@ def _instances_table(title: str, instances: list[cloud.Instance]) -> Table:
         "image": "ID: boot from this course image; base: the base AMI (default: the newest image "
                  "matching the course's recipe, else the base AMI)",
         "inventory": "the course's recipe inventory (default inventory/<course>.yml)",
+        "instance-profile": "attach this IAM instance profile (refused unless the course inventory sets "
+                            "aws_allow_instance_profile: true: students can read its credentials)",
     }
 )
 def launch(c, course=None, count=None, instance_type="g4dn.xlarge", region=None, ami=None, cidr=None,
-           wait_ssh=True, key_dir=DEFAULT_KEY_DIR, image=None, inventory=None):
+           wait_ssh=True, key_dir=DEFAULT_KEY_DIR, image=None, inventory=None, instance_profile=None):
     """Launch the missing instances of a course on EC2 (safe to re-run: never duplicates)."""
     course = _need(course)
     if count is None:
@@ -101,12 +103,13 @@ def launch(c, course=None, count=None, instance_type="g4dn.xlarge", region=None,
     if ami and image:
         raise Exit("--ami and --image both choose what to boot: pass one", 1)
     try:
+        profile = _profile(course, inventory, instance_profile)   # refused here, before any AWS call
         if not ami:
             choice = images.choose(course, _fingerprints(course, inventory), image, region)
             ami = choice.ami
             out.print(f"boot from: {choice.message}")
         result = cloud.launch(course, wanted, instance_type=instance_type, region=region, ami=ami,
-                              cidr=cidr, key_dir=Path(key_dir), wait_ssh=wait_ssh)
+                              cidr=cidr, key_dir=Path(key_dir), wait_ssh=wait_ssh, profile=profile)
     except cloud.CloudError as exc:
         raise Exit(f"launch failed: {exc}", 1) from None
     out.print(f"region {result.region}; key pair {result.key_name} ({result.key_action}), "
@@ -238,6 +241,18 @@ def snapshot(c, course=None, out=None, region=None, user="ubuntu", key_dir=DEFAU
     _console().print(f"wrote {written} ({hosts} running hosts)")
     if not hosts:
         _console().print("note: no running instances; `invoke status` shows stopped ones")
+
+
+def _profile(course: str, inventory: str | None, cli_name: str | None):
+    """The instance profile the course asks for (fleet.aws.profile), checked."""
+    from fleet.aws import profile
+    from fleet.engine import recipe
+    from fleet.errors import InputError
+
+    try:
+        return profile.check(profile.from_inventory(recipe.inventory_path(course, inventory), cli_name))
+    except InputError as exc:
+        raise Exit(f"error: {exc}", 1) from None
 
 
 def _fingerprints(course: str, inventory: str | None) -> set[str] | None:
