@@ -64,6 +64,7 @@ def handout(session: app.Session, hosts: str, fmt: str) -> tuple[str, int]:
     if fmt not in ("csv", "md"):
         raise InputError(f"expected csv or md, got {fmt!r}", key="--format")
     rows = [access(session, name) for name in session.select(hosts)]
+    _remember(session, [row["host"] for row in rows])
     buffer = io.StringIO()
     if fmt == "csv":
         writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -74,3 +75,11 @@ def handout(session: app.Session, hosts: str, fmt: str) -> tuple[str, int]:
         for row in rows:
             buffer.write("| " + " | ".join(f"`{row[c]}`" if c in ("tunnel", "url") else str(row[c]) for c in COLUMNS) + " |\n")
     return buffer.getvalue(), len(rows)
+
+
+def _remember(session: app.Session, names: list[str]) -> None:
+    """These machines are students' now: `bake` never images them (fleet.engine.builder)."""
+    from fleet.engine import state
+
+    ids = [str(session.inventory.hosts[n].vars.get("instance_id") or "") for n in names]
+    state.record_handout(session.inventory.name, [*names, *filter(None, ids)])

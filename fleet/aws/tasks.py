@@ -193,7 +193,7 @@ def terminate(c, course=None, region=None, yes=False, images_=False):
     course = _need(course)
     out = _console()
     try:
-        targets = cloud.course_instances(course, region)
+        targets = cloud.course_instances(course, region, builders=True)
         doomed = images.course_images(course, region) if images_ else []
     except cloud.CloudError as exc:
         raise Exit(f"terminate failed: {exc}", 1) from None
@@ -267,31 +267,38 @@ def _fingerprints(course: str, inventory: str | None) -> set[str] | None:
     return None if found is None else {found.fingerprint}
 
 
-@task(help={"course": "course name", "host": "the instance to bake (name or id; default: the lowest slot)",
+@task(help={"course": "course name",
+            "builder": "take this running instance (name or id) as the builder instead of launching one; refused "
+                       "if it was ever in a handout or has a student assigned; terminated afterwards",
             "inventory": "the course's recipe inventory (default inventory/<course>.yml)",
             "region": "AWS region (default: from your profile)", "user": "SSH login user",
             "key-dir": "where the course private key lives (default .fleet/keys)",
+            "instance-type": "the builder's EC2 instance type (default g4dn.xlarge; the class's type)",
+            "ami": "the base image the builder starts from (default: the latest Deep Learning Base AMI)",
+            "cidr": "address range allowed to SSH in (default: your public IP/32)",
             "insecure-host-keys": "accept any host key and record none"})
-def bake(c, course=None, host=None, inventory=None, region=None, user="ubuntu", key_dir=DEFAULT_KEY_DIR,
-         insecure_host_keys=False):
-    """Provision and verify one instance, prepare it for imaging, and make the course's image of it."""
+def bake(c, course=None, builder=None, inventory=None, region=None, user="ubuntu", key_dir=DEFAULT_KEY_DIR,
+         instance_type="g4dn.xlarge", ami=None, cidr=None, insecure_host_keys=False):
+    """Make the course's image on a fresh builder: launch it from the base image, provision and verify it,
+    prepare and image it, terminate it (never a class machine)."""
     from fleet.aws import bake as baking
     from fleet.errors import FleetError, InputError
 
     course = _need(course)
     try:
-        result = baking.bake(course, host, inventory, region, key_dir=key_dir, user=user,
-                             insecure_host_keys=insecure_host_keys)
+        result = baking.bake(course, builder, inventory, region, key_dir=key_dir, user=user,
+                             insecure_host_keys=insecure_host_keys, instance_type=instance_type, ami=ami, cidr=cidr)
     except InputError as exc:
         raise Exit(f"error: {exc}", 1) from None
     except (FleetError, cloud.CloudError) as exc:
         raise Exit(f"bake refused: {exc}", 2) from None
     out = _console()
-    out.print(f"prepared {result.instance.name} for imaging: removed " + ", ".join(result.removed))
+    out.print(f"builder {result.instance.name} ({result.instance.id}, "
+              f"{'launched from the base image' if result.launched else 'taken'}) prepared for imaging: removed "
+              + ", ".join(result.removed))
     out.print(f"image {result.image.id} ({result.image.size_gib} GiB, recipe {result.image.fingerprint}, "
               f"roles {result.image.roles}) is {result.image.state}")
-    out.print(f"note: {result.instance.name} rebooted for the snapshot with new host keys; "
-              f"next: invoke launch --course {course} --count N")
+    out.print(f"builder {result.instance.id} terminated; next: invoke launch --course {course} --count N")
 
 
 @task(name="images", help={"course": "course name",
