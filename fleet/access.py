@@ -84,7 +84,7 @@ def handout(session: app.Session, hosts: str, fmt: str) -> tuple[str, int]:
         raise InputError(f"expected csv or md, got {fmt!r}", key="--format")
     names = session.select(hosts)
     rows = [access(session, name) for name in names]
-    state.record_handout(session.inventory.name, names)
+    _remember(session, names)
     buffer = io.StringIO()
     if fmt == "csv":
         writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -105,7 +105,7 @@ def bundle(session: app.Session, hosts: str, directory: str) -> list[tuple[str, 
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     names = session.select(hosts)
     rows = [access(session, name, key_path=BUNDLE_KEY) for name in names]
-    state.record_handout(session.inventory.name, names)
+    _remember(session, names)
     written = []
     for row in rows:
         files = _bundle_files(session, row)
@@ -180,3 +180,9 @@ def _howto(row: dict, pinned: bool) -> str:
             + ("The machine's own key is in known_hosts: ssh checks it and refuses an impostor.\n" if pinned else
                "The first time, ssh asks you to confirm the machine's key fingerprint; your instructor can tell\n"
                "you what it should be.\n"))
+
+
+def _remember(session: app.Session, names: list[str]) -> None:
+    """These machines are students' now: `bake` never images them (fleet.engine.builder)."""
+    ids = [str(session.inventory.hosts[n].vars.get("instance_id") or "") for n in names]
+    state.record_handout(session.inventory.name, [*names, *filter(None, ids)])

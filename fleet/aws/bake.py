@@ -1,28 +1,29 @@
-"""`invoke bake`: provision and verify one of a course's EC2 instances, prepare it for
-imaging, and turn it into a tagged image the rest of the class boots from.
+"""`invoke bake`: make the course's image on a clean, dedicated builder, never on a class machine.
 
-The steps in order, each a refusal point: the recipe (inventory) is valid; `provision --verify`
-on the instance succeeds; a check run right after finds no drift; the prepare script
-(fleet.engine.imageprep) runs; CreateImage, tags, wait (fleet.aws.images). Only the last step talks to
-EC2's image API, so it is tested on moto; the others need an SSH-reachable machine and are
-tested on real test hosts.
+The steps in order, each a refusal point: the recipe (inventory) is valid; the builder is
+launched from the base image (or, with `--builder NAME`, taken: refused when it was ever in a
+handout or has a student assigned, fleet.engine.builder.refuse_source); `provision --verify` on
+it succeeds; a check run right after finds no drift; the prepare script (fleet.engine.imageprep:
+homes built from /etc/skel plus the course's content) runs; CreateImage, tags, wait
+(fleet.aws.images); the builder is terminated, whatever happened after it started. The machine
+part (fleet.engine.builder.make_ready) is the one the test hosts' baked layers use.
 """
 from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
-from fleet import app
 from fleet.aws import cloud, images
-from fleet.engine import imageprep, recipe, state
-from fleet.errors import FleetError, InputError
+from fleet.engine import builder as builders
+from fleet.engine import recipe, state
+from fleet.engine.builder import BakeRefused
+from fleet.errors import InputError
 
-
-class BakeRefused(FleetError):
-    """The instance is not fit to be imaged: nothing was imaged."""
+__all__ = ["BakeRefused", "BakeResult", "bake", "take_builder"]
 
 
 @dataclass
@@ -31,25 +32,26 @@ class BakeResult:
     recipe: recipe.Recipe
     removed: list[str]
     image: images.Image
+    launched: bool               # the builder was started by this bake (else taken with --builder)
 
 
-def pick_instance(instances: list[cloud.Instance], host: str | None, course: str) -> cloud.Instance:
-    running = [i for i in instances if i.state == "running" and (i.public_ip or i.private_ip)]
-    if host:
-        found = [i for i in running if host in (i.name, i.id)]
-        if not found:
-            names = ", ".join(i.name for i in running) or "none"
-            raise InputError(f"no running instance {host!r} in course {course} (running: {names})", key="--host")
-        return found[0]
-    if not running:
-        raise InputError(f"course {course} has no running instance to bake: `invoke launch --course {course} "
-                         "--count 1` first", key="--course")
-    return running[0]                              # the lowest slot
+def take_builder(course: str, name: str, region: str | None, inventory=None) -> cloud.Instance:
+    """The running instance `name` (name or id) of the course, if it may be a builder."""
+    running = [i for i in cloud.course_instances(course, region, states=("running",), builders=True)
+               if i.public_ip or i.private_ip]
+    found = [i for i in running if name in (i.name, i.id)]
+    if not found:
+        names = ", ".join(i.name for i in running) or "none"
+        raise InputError(f"no running instance {name!r} in course {course} (running: {names})", key="--builder")
+    builders.refuse_source(course, [found[0].name, found[0].id], inventory)
+    return found[0]
 
 
-def bake(course: str, host: str | None = None, inventory: str | None = None, region: str | None = None,
+def bake(course: str, builder: str | None = None, inventory: str | None = None, region: str | None = None,
          key_dir: str | Path = cloud.DEFAULT_KEY_DIR, user: str = "ubuntu", insecure_host_keys: bool = False,
-         reboot: bool = True) -> BakeResult:
+         reboot: bool = True, instance_type: str = "g4dn.xlarge", ami: str | None = None, cidr: str | None = None,
+         wait_ssh: bool = True, make_ready: Callable[..., list[str]] = builders.make_ready) -> BakeResult:
+    """Launch (or take) a builder, make it ready, image it, terminate it."""
     path = recipe.inventory_path(course, inventory)
     if path is None:
         raise InputError(f"no recipe for course {course}: pass --inventory FILE (or add inventory/{course}.yml)",
@@ -58,31 +60,25 @@ def bake(course: str, host: str | None = None, inventory: str | None = None, reg
 
     recipe_inventory = inventory_mod.load(path)
     rec = recipe.of(recipe_inventory)
-    instance = pick_instance(cloud.course_instances(course, region, states=("running",)), host, course)
+    if builder:
+        instance = take_builder(course, builder, region, recipe_inventory)
+    else:
+        instance = cloud.launch_builder(course, instance_type=instance_type, region=region, ami=ami, cidr=cidr,
+                                        key_dir=key_dir, wait_ssh=wait_ssh)
     address = instance.public_ip or instance.private_ip or ""
-    key = str(cloud.key_path(course, key_dir))
-    one_host = state.state_dir() / "bake" / f"{course}.yml"
-    one_host.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    one_host.write_text(yaml.safe_dump({"name": course, "vars": recipe_inventory.vars,
-                                        "hosts": {instance.name: {"address": address, "user": user, "key": key}}},
-                                       sort_keys=False))
-    run = app.provision(hosts=instance.name, inventory=str(one_host), verify=True,
-                        insecure_host_keys=insecure_host_keys)
-    if run.exit_code():
-        raise BakeRefused(f"provisioning {instance.name} did not succeed (exit {run.exit_code()}): nothing imaged")
-    drift = app.provision(hosts=instance.name, inventory=str(one_host), check=True,
-                          insecure_host_keys=insecure_host_keys)
-    if drift.exit_code():
-        raise BakeRefused(f"{instance.name} drifted right after provisioning (check exit {drift.exit_code()}): "
-                          "nothing imaged")
-    known = None if insecure_host_keys else state.state_dir() / "known_hosts"
     try:
-        removed = imageprep.run_over_ssh(imageprep.ssh_argv(address, user, key, None, known),
-                                         {"roles": list(rec.roles), **rec.knobs})
-    except imageprep.PrepareError as exc:
-        raise BakeRefused(f"{instance.name}: {exc}") from None
-    image = images.create(course, instance.id, rec.fingerprint, rec.roles, region, reboot=reboot)
-    if known is not None and known.exists():
-        # the instance comes back from the imaging reboot with new host keys: forget the old one
-        subprocess.run(["ssh-keygen", "-R", address, "-f", str(known)], capture_output=True)
-    return BakeResult(instance, rec, removed, image)
+        one_host = state.state_dir() / "bake" / f"{course}.yml"
+        one_host.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = str(cloud.key_path(course, key_dir))
+        one_host.write_text(yaml.safe_dump({"name": course, "vars": recipe_inventory.vars,
+                                            "hosts": {instance.name: {"address": address, "user": user, "key": key}}},
+                                           sort_keys=False))
+        removed = make_ready(one_host, instance.name, insecure_host_keys=insecure_host_keys)
+        image = images.create(course, instance.id, rec.fingerprint, rec.roles, region, reboot=reboot)
+    finally:
+        # A builder is used once: prepared for imaging (or failed half way), it is no machine to keep.
+        cloud.terminate_builder(course, instance.id, region)
+        known = state.state_dir() / "known_hosts"
+        if not insecure_host_keys and known.exists():
+            subprocess.run(["ssh-keygen", "-R", address, "-f", str(known)], capture_output=True)
+    return BakeResult(instance, rec, removed, image, launched=not builder)

@@ -17,12 +17,13 @@ from fleet.aws.common import (COURSE_TAG, DEFAULT_KEY_DIR, MANAGED_TAG, PREFIX, 
                               LaunchResult, check_course, ec2_session, explain, explained_errors, free_slots,
                               group_name, is_gpu_type, key_name, key_path, wait_for_ssh)
 from fleet.aws.groups import ensure_security_group
-from fleet.aws.instances import course_instances, inventory_hosts, launch, start, stop, terminate, write_snapshot
+from fleet.aws.instances import (course_instances, inventory_hosts, launch, launch_builder, start, stop, terminate,
+                                 terminate_builder, write_snapshot)
 from fleet.aws.keys import ensure_key_pair
 from fleet.aws.prices import PRICES_FILE, PriceTable, StatusRow, load_prices, status, status_rows
 
 __all__ = ["resolve_ami", "COURSE_TAG", "DEFAULT_KEY_DIR", "MANAGED_TAG", "PREFIX", "SLOT_TAG", "CloudError",
            "Instance", "LaunchResult", "explained_errors", "check_course", "ec2_session", "explain", "free_slots",
            "group_name", "is_gpu_type", "key_name", "key_path", "wait_for_ssh", "ensure_security_group",
-           "course_instances", "inventory_hosts", "launch", "start", "stop", "terminate", "write_snapshot",
+           "course_instances", "inventory_hosts", "launch", "launch_builder", "terminate_builder", "start", "stop", "terminate", "write_snapshot",
            "ensure_key_pair", "PRICES_FILE", "PriceTable", "StatusRow", "load_prices", "status", "status_rows"]

@@ -23,6 +23,8 @@ PREFIX = "jupyter-fleet"
 MANAGED_TAG = f"{PREFIX}:managed"
 COURSE_TAG = f"{PREFIX}:course"
 SLOT_TAG = f"{PREFIX}:slot"
+# bake's builder: the course's, but no class machine (no slot; launch, status, stop and start skip it)
+BUILDER_TAG = f"{PREFIX}:builder"
 
 # Deep Learning Base AMI with the NVIDIA driver, resolved through AWS's public SSM
 # parameter so we always get the current image without hard-coding per-region ids.

@@ -12,11 +12,12 @@ import yaml
 from botocore.exceptions import ClientError
 
 from fleet.aws.amis import resolve_ami
-from fleet.aws.common import (ACTIVE_STATES, COURSE_TAG, DEFAULT_KEY_DIR, MANAGED_TAG, SLOT_TAG, CloudError, Instance,
+from fleet.aws.common import (ACTIVE_STATES, BUILDER_TAG, COURSE_TAG, DEFAULT_KEY_DIR, MANAGED_TAG, SLOT_TAG, CloudError, Instance,
                               LaunchResult, caller_public_ip, check_course, ec2_session, explain, explained_errors,
                               free_slots, is_gpu_type, key_path, normalize_cidr, slot_order, tag_spec, wait_for_ssh)
 from fleet.aws.groups import ensure_security_group
 from fleet.aws.keys import ensure_key_pair
+from fleet.aws.profile import METADATA_OPTIONS, ProfileChoice, check
 
 # ------------------------------------------------------------------ instances
 
@@ -41,7 +42,8 @@ def _to_instance(raw: dict[str, Any]) -> Instance:
     )
 
 
-def _describe(ec2: Any, course: str, states: Iterable[str]) -> list[Instance]:
+def _describe(ec2: Any, course: str, states: Iterable[str], builders: bool = False) -> list[Instance]:
+    """The course's managed instances; bake's builders only with `builders` (they hold no slot)."""
     filters = [
         {"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]},
         {"Name": f"tag:{COURSE_TAG}", "Values": [course]},
@@ -54,26 +56,32 @@ def _describe(ec2: Any, course: str, states: Iterable[str]) -> list[Instance]:
                 tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
                 # Re-checked here, not only trusted to the filter: these are the
                 # instances stop/terminate will act on.
-                if tags.get(MANAGED_TAG) == "true" and tags.get(COURSE_TAG) == course:
+                if tags.get(MANAGED_TAG) == "true" and tags.get(COURSE_TAG) == course \
+                        and (builders or tags.get(BUILDER_TAG) != "true"):
                     found.append(_to_instance(raw))
     return sorted(found, key=slot_order)
 
 
 def course_instances(
-    course: str, region: str | None = None, states: Iterable[str] = ACTIVE_STATES
+    course: str, region: str | None = None, states: Iterable[str] = ACTIVE_STATES, builders: bool = False
 ) -> list[Instance]:
-    """The course's managed instances in the given states, ordered by slot."""
+    """The course's managed instances in the given states, ordered by slot (bake's builders too
+    with `builders`)."""
     check_course(course)
     _, ec2, name = ec2_session(region)
     with explained_errors(name):
-        return _describe(ec2, course, states)
+        return _describe(ec2, course, states, builders)
 
 
-def _run_one(ec2: Any, course: str, slot: int, *, ami: str, instance_type: str,
-             key: str, group_id: str) -> Instance:
-    name = f"{course}-{slot}"
-    tags = tag_spec("instance", course, Name=name, **{SLOT_TAG: str(slot)})
+def _run_one(ec2: Any, course: str, slot: int | None, *, ami: str, instance_type: str,
+             key: str, group_id: str, profile: ProfileChoice = ProfileChoice()) -> Instance:
+    """One instance in a slot, or (slot None) bake's builder."""
+    name = f"{course}-{slot}" if slot is not None else f"{course}-builder"
+    extra = {SLOT_TAG: str(slot)} if slot is not None else {BUILDER_TAG: "true"}
+    tags = tag_spec("instance", course, Name=name, **extra)
     resp = ec2.run_instances(
+        # No instance profile unless the course allowed one (fleet.aws.profile): students can read it.
+        **check(profile).request(),
         ImageId=ami,
         InstanceType=instance_type,
         KeyName=key,
@@ -83,12 +91,12 @@ def _run_one(ec2: Any, course: str, slot: int, *, ami: str, instance_type: str,
         # The idle auto-stop runs `poweroff` inside the VM: with "stop" that stops the
         # instance (disk kept, billing paused) instead of destroying a student's work.
         InstanceInitiatedShutdownBehavior="stop",
-        MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        MetadataOptions=dict(METADATA_OPTIONS),
         # Tags go on at creation (one call per slot, as tags differ): an instance can
         # never exist untagged, so it can never escape status/stop/terminate.
         TagSpecifications=[tags, {**tag_spec("volume", course, Name=name)}],
         # Retries of this same call (by botocore) must not start a second instance.
-        ClientToken=f"{course[:24]}-{slot}-{uuid.uuid4().hex}",
+        ClientToken=f"{course[:24]}-{slot if slot is not None else 'b'}-{uuid.uuid4().hex}",
     )
     return _to_instance(resp["Instances"][0])
 
@@ -106,14 +114,17 @@ def launch(
     user: str = "ubuntu",
     ssh_timeout: float = 600.0,
     ip_lookup: Callable[[], str] = caller_public_ip,
+    profile: ProfileChoice = ProfileChoice(),
 ) -> LaunchResult:
     """Bring the course up to `count` managed instances; safe to re-run.
 
     Existing non-terminated instances (stopped ones included) count towards `count`;
     only the missing slots are launched, lowest numbers first. Never shrinks.
     `user` is accepted for symmetry with inventory_hosts (the AMI decides the login).
+    An instance profile (`profile`) is refused unless the course allowed it: before any AWS call.
     """
     check_course(course)
+    check(profile)
     if count < 1:
         raise CloudError("count must be at least 1")
     session, ec2, region_name = ec2_session(region)
@@ -133,12 +144,14 @@ def launch(
             try:
                 result.launched.append(_run_one(ec2, course, slot, ami=result.ami or "",
                                                 instance_type=instance_type, key=key,
-                                                group_id=group_id))
+                                                group_id=group_id, profile=profile))
             except ClientError as exc:
                 done = ", ".join(i.name for i in result.launched) or "none"
                 err = explain(exc, region=region_name, instance_type=instance_type)
                 raise CloudError(f"{err} (launched before the error: {done}; re-running launch "
                                  "only adds the missing slots)") from None
+        if profile.name:
+            result.notes.append(profile.warning() or "")
         stopped = [i.name for i in existing if i.state in ("stopped", "stopping")]
         if stopped:
             result.notes.append(f"stopped, left as is (use `invoke start`): {', '.join(stopped)}")
@@ -166,6 +179,48 @@ def launch(
                 "launch (it will not start more instances)"
             )
     return result
+
+
+def launch_builder(
+    course: str,
+    *,
+    instance_type: str = "g4dn.xlarge",
+    region: str | None = None,
+    ami: str | None = None,
+    cidr: str | None = None,
+    key_dir: Path | str = DEFAULT_KEY_DIR,
+    wait_ssh: bool = True,
+    ssh_timeout: float = 600.0,
+    ip_lookup: Callable[[], str] = caller_public_ip,
+) -> Instance:
+    """Start bake's dedicated builder from the base image (never a course image): the course's key
+    pair and SSH-only group, the same metadata options as a class machine, no instance profile,
+    tagged as a builder (no slot). Returns it running, with SSH answering unless told not to wait."""
+    check_course(course)
+    session, ec2, region_name = ec2_session(region)
+    allowed = normalize_cidr(cidr if cidr else f"{ip_lookup()}/32")
+    with explained_errors(region_name, instance_type):
+        key, _, _ = ensure_key_pair(ec2, course, key_dir)
+        group_id = ensure_security_group(ec2, course, allowed)
+        builder = _run_one(ec2, course, None, ami=resolve_ami(session, ec2, ami), instance_type=instance_type,
+                           key=key, group_id=group_id)
+        ec2.get_waiter("instance_running").wait(InstanceIds=[builder.id], WaiterConfig={"Delay": 5, "MaxAttempts": 120})
+        builder = next((i for i in _describe(ec2, course, ("running",), builders=True) if i.id == builder.id), builder)
+    address = builder.public_ip or builder.private_ip or ""
+    if wait_ssh and not wait_for_ssh(address, 22, ssh_timeout):
+        terminate_builder(course, builder.id, region)
+        raise CloudError(f"the builder {builder.id} runs but SSH did not answer within {int(ssh_timeout)}s; it was "
+                         f"terminated; check that your address is inside {allowed}")
+    return builder
+
+
+def terminate_builder(course: str, instance_id: str, region: str | None = None) -> None:
+    """Terminate bake's builder: one instance of this course (checked by its tags), by id."""
+    _, ec2, region_name = ec2_session(region)
+    with explained_errors(region_name):
+        found = [i for i in _describe(ec2, course, ACTIVE_STATES, builders=True) if i.id == instance_id]
+        if found:
+            ec2.terminate_instances(InstanceIds=[instance_id])
 
 
 # -------------------------------------------------------------- inventory
@@ -218,11 +273,11 @@ def write_snapshot(
 # -------------------------------------------------------------- lifecycle
 
 
-def _act(course: str, region: str | None, states: Iterable[str], call: str) -> list[Instance]:
+def _act(course: str, region: str | None, states: Iterable[str], call: str, builders: bool = False) -> list[Instance]:
     check_course(course)
     _, ec2, name = ec2_session(region)
     with explained_errors(name):
-        targets = _describe(ec2, course, states)
+        targets = _describe(ec2, course, states, builders)
         if targets:
             getattr(ec2, call)(InstanceIds=[i.id for i in targets])
     return targets
@@ -243,4 +298,4 @@ def terminate(course: str, region: str | None = None) -> list[Instance]:
 
     The key pair and security group are kept, so a later launch reuses them.
     """
-    return _act(course, region, ACTIVE_STATES, "terminate_instances")
+    return _act(course, region, ACTIVE_STATES, "terminate_instances", builders=True)  # a leftover builder too

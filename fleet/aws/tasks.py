@@ -85,10 +85,12 @@ def _instances_table(title: str, instances: list[cloud.Instance]) -> Table:
         "image": "ID: boot from this course image; base: the base AMI (default: the newest image "
                  "matching the course's recipe, else the base AMI)",
         "inventory": "the course's recipe inventory (default inventory/<course>.yml)",
+        "instance-profile": "attach this IAM instance profile (refused unless the course inventory sets "
+                            "aws_allow_instance_profile: true: students can read its credentials)",
     }
 )
 def launch(c, course=None, count=None, instance_type="g4dn.xlarge", region=None, ami=None, cidr=None,
-           wait_ssh=True, key_dir=DEFAULT_KEY_DIR, image=None, inventory=None):
+           wait_ssh=True, key_dir=DEFAULT_KEY_DIR, image=None, inventory=None, instance_profile=None):
     """Launch the missing instances of a course on EC2 (safe to re-run: never duplicates)."""
     course = _need(course)
     if count is None:
@@ -101,12 +103,13 @@ def launch(c, course=None, count=None, instance_type="g4dn.xlarge", region=None,
     if ami and image:
         raise Exit("--ami and --image both choose what to boot: pass one", 1)
     try:
+        profile = _profile(course, inventory, instance_profile)   # refused here, before any AWS call
         if not ami:
             choice = images.choose(course, _fingerprints(course, inventory), image, region)
             ami = choice.ami
             out.print(f"boot from: {choice.message}")
         result = cloud.launch(course, wanted, instance_type=instance_type, region=region, ami=ami,
-                              cidr=cidr, key_dir=Path(key_dir), wait_ssh=wait_ssh)
+                              cidr=cidr, key_dir=Path(key_dir), wait_ssh=wait_ssh, profile=profile)
     except cloud.CloudError as exc:
         raise Exit(f"launch failed: {exc}", 1) from None
     out.print(f"region {result.region}; key pair {result.key_name} ({result.key_action}), "
@@ -198,7 +201,7 @@ def terminate(c, course=None, region=None, yes=False, images_=False, collect=Fal
     course = _need(course)
     out = _console()
     try:
-        targets = cloud.course_instances(course, region)
+        targets = cloud.course_instances(course, region, builders=True)
         doomed = images.course_images(course, region) if images_ else []
     except cloud.CloudError as exc:
         raise Exit(f"terminate failed: {exc}", 1) from None
@@ -265,6 +268,18 @@ def snapshot(c, course=None, out=None, region=None, user="ubuntu", key_dir=DEFAU
         _console().print("note: no running instances; `invoke status` shows stopped ones")
 
 
+def _profile(course: str, inventory: str | None, cli_name: str | None):
+    """The instance profile the course asks for (fleet.aws.profile), checked."""
+    from fleet.aws import profile
+    from fleet.engine import recipe
+    from fleet.errors import InputError
+
+    try:
+        return profile.check(profile.from_inventory(recipe.inventory_path(course, inventory), cli_name))
+    except InputError as exc:
+        raise Exit(f"error: {exc}", 1) from None
+
+
 def _fingerprints(course: str, inventory: str | None) -> set[str] | None:
     """The current recipe's fingerprint, or None when the course has no recipe inventory."""
     from fleet.engine import recipe
@@ -277,31 +292,38 @@ def _fingerprints(course: str, inventory: str | None) -> set[str] | None:
     return None if found is None else {found.fingerprint}
 
 
-@task(help={"course": "course name", "host": "the instance to bake (name or id; default: the lowest slot)",
+@task(help={"course": "course name",
+            "builder": "take this running instance (name or id) as the builder instead of launching one; refused "
+                       "if it was ever in a handout or has a student assigned; terminated afterwards",
             "inventory": "the course's recipe inventory (default inventory/<course>.yml)",
             "region": "AWS region (default: from your profile)", "user": "SSH login user",
             "key-dir": "where the course private key lives (default .fleet/keys)",
+            "instance-type": "the builder's EC2 instance type (default g4dn.xlarge; the class's type)",
+            "ami": "the base image the builder starts from (default: the latest Deep Learning Base AMI)",
+            "cidr": "address range allowed to SSH in (default: your public IP/32)",
             "insecure-host-keys": "accept any host key and record none"})
-def bake(c, course=None, host=None, inventory=None, region=None, user="ubuntu", key_dir=DEFAULT_KEY_DIR,
-         insecure_host_keys=False):
-    """Provision and verify one instance, prepare it for imaging, and make the course's image of it."""
+def bake(c, course=None, builder=None, inventory=None, region=None, user="ubuntu", key_dir=DEFAULT_KEY_DIR,
+         instance_type="g4dn.xlarge", ami=None, cidr=None, insecure_host_keys=False):
+    """Make the course's image on a fresh builder: launch it from the base image, provision and verify it,
+    prepare and image it, terminate it (never a class machine)."""
     from fleet.aws import bake as baking
     from fleet.errors import FleetError, InputError
 
     course = _need(course)
     try:
-        result = baking.bake(course, host, inventory, region, key_dir=key_dir, user=user,
-                             insecure_host_keys=insecure_host_keys)
+        result = baking.bake(course, builder, inventory, region, key_dir=key_dir, user=user,
+                             insecure_host_keys=insecure_host_keys, instance_type=instance_type, ami=ami, cidr=cidr)
     except InputError as exc:
         raise Exit(f"error: {exc}", 1) from None
     except (FleetError, cloud.CloudError) as exc:
         raise Exit(f"bake refused: {exc}", 2) from None
     out = _console()
-    out.print(f"prepared {result.instance.name} for imaging: removed " + ", ".join(result.removed))
+    out.print(f"builder {result.instance.name} ({result.instance.id}, "
+              f"{'launched from the base image' if result.launched else 'taken'}) prepared for imaging: removed "
+              + ", ".join(result.removed))
     out.print(f"image {result.image.id} ({result.image.size_gib} GiB, recipe {result.image.fingerprint}, "
               f"roles {result.image.roles}) is {result.image.state}")
-    out.print(f"note: {result.instance.name} rebooted for the snapshot with new host keys; "
-              f"next: invoke launch --course {course} --count N")
+    out.print(f"builder {result.instance.id} terminated; next: invoke launch --course {course} --count N")
 
 
 @task(name="images", help={"course": "course name",

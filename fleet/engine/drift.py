@@ -115,7 +115,13 @@ def masked_diff_fact(path: str, wanted: bytes, secrets: list[str]) -> Fact:
     for secret in secrets:
         text = text.replace(secret, PLACEHOLDER)
     encoded = base64.b64encode(text.encode()).decode()
-    lines = [f"__m=$(cat -- {q(path)} 2>/dev/null && printf x) || {{ echo absent; exit 0; }}", "__m=${__m%x}",
+    p = q(path)
+    # Never through a link (O_NOFOLLOW) and never held by a FIFO (O_NONBLOCK): a link or anything
+    # but a regular file is a digest of its own, and nothing behind it is read.
+    lines = [f"if [ -L {p} ]; then echo link; exit 0; fi",
+             f"if [ -e {p} ] && [ ! -f {p} ]; then echo not-a-file; exit 0; fi",
+             f"__m=$(dd if={p} iflag=nofollow,nonblock status=none 2>/dev/null && printf x) || "
+             "{ echo absent; exit 0; }", "__m=${__m%x}",
              f"__w=$(printf %s {q(encoded)} | base64 -d && printf x); __w=${{__w%x}}"]
     for secret in secrets:
         lines += [f"__s={q(secret)}", f'__m=${{__m//"$__s"/{PLACEHOLDER}}}']

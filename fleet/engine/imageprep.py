@@ -1,21 +1,27 @@
-"""Prepare a provisioned machine for imaging: remove what must differ per machine, keep the rest.
+"""Prepare a provisioned builder for imaging: remove what must differ per machine, and build
+every student's home from /etc/skel plus the course's own content.
 
-One bash script, run as root on the machine just before it is imaged (an EC2 image or a
-test host's baked layer). It removes the SSH host keys, the machine-id, the per-host Jupyter
-token and config (and the copies the autostop role keeps), the servers' runtime files that
-hold a token, logs and shell histories, and autostop's idle state. It keeps the installed
-software, kernels, course repositories and the fleet's own state. It installs a first-boot
-unit that makes fresh SSH host keys on a machine booted from the image before sshd starts
-(cloud-init does this on the usual cloud images; the unit is a no-op where keys exist).
+One bash script, run as root on the builder just before it is imaged (an EC2 image or a test
+host's baked layer). It removes the SSH host keys, the machine-id, the per-host Jupyter token
+and config (and the copies the autostop role keeps), logs and autostop's idle state. Home
+folders are not cleaned by a list of files to delete: each home under /home (the SSH login
+user's aside: the operator's, whose keys cloud-init writes at every boot) is made anew from
+/etc/skel, and only the paths the course's own steps manage there (`home_content`: folders
+made empty with their mode, files and checkouts carried whole) are moved into it, as that
+user. Authorized keys, tokens, histories, IPython startup files, user kernelspecs, Jupyter
+runtime state and anything else found in a home are therefore absent by construction. It
+installs a first-boot unit that makes fresh SSH host keys on a machine booted from the image
+before sshd starts (cloud-init does this on the usual cloud images; the unit is a no-op where
+keys exist).
 
-Paths come from the roles' own modules and variables, so this file never guesses where a
-role keeps a per-host value.
+Paths come from the roles' own modules and the compiled plan, so this file never guesses where
+a role keeps a per-host value or what a course puts in a home.
 """
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
-from typing import Any, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Mapping
 
 from fleet.shell import q
 
@@ -44,11 +50,59 @@ HOLD_TEXT = """\
 [Unit]
 ConditionPathExists={config}
 """
-# Files of a user's own territory that carry a per-server secret or per-machine history;
-# removed as that user (root never acts inside a user's home).
-USER_FILES = (".bash_history", ".python_history", ".lesshst", ".viminfo",
-              ".local/share/jupyter/runtime/jpserver-*", ".local/share/jupyter/runtime/kernel-*",
-              ".ipython/profile_*/security/*.json", ".ipython/profile_*/pid/*", ".ipython/profile_*/log/*")
+# The SSH login user's own files that hold a per-machine history; that home is the operator's, not
+# a student's, and is kept (its keys are the course key pair's, written by cloud-init at boot).
+LOGIN_USER_FILES = (".bash_history", ".python_history", ".lesshst", ".viminfo")
+
+# Rebuild one home as its user: a fresh folder from /etc/skel, then the course's paths moved over
+# from the old home (`dir REL`: made empty with the old one's mode; `copy REL`: moved whole, a file
+# or a checkout); the old home with everything else is then removed. Root only makes the new
+# folder in /home and swaps the two names; nothing is read or written in a home as root.
+REBUILD_HOME = r"""
+__rebuild_home() {
+  local user=$1 home=/home/$1 new=/home/.fleet-new-$1 old=/home/.fleet-old-$1; shift
+  rm -rf -- "$new" "$old"
+  mkdir -m 0700 -- "$new" && chown -- "$user:" "$new" && chmod --reference="$home" -- "$new" || return 1
+  runuser -u "$user" -- bash -c '
+    set -eu; new=$1 home=$2; shift 2
+    cp -a /etc/skel/. "$new"/
+    while [ $# -gt 1 ]; do
+      kind=$1 rel=$2; shift 2
+      if [ "$kind" = dir ]; then
+        mkdir -p -- "$new/$rel"
+        if [ -d "$home/$rel" ] && [ ! -L "$home/$rel" ]; then chmod --reference="$home/$rel" -- "$new/$rel"; fi
+      elif { [ -e "$home/$rel" ] || [ -L "$home/$rel" ]; } && [ ! -e "$new/$rel" ]; then
+        case $rel in */*) mkdir -p -- "$new/${rel%/*}" ;; esac
+        mv -T -- "$home/$rel" "$new/$rel" && echo "carried into the new home: $rel"
+      fi
+    done' _ "$new" "$home" "$@" || return 1
+  mv -T -- "$home" "$old" && mv -T -- "$new" "$home" && rm -rf -- "$old" || return 1
+  echo "removed: everything in $home but /etc/skel and the course's own content (home rebuilt)"
+}
+"""
+
+
+def home_content(steps: Iterable[Any]) -> dict[str, list[tuple[str, str]]]:
+    """The course's own content in each user's home, from a compiled plan's steps: for every step
+    that runs as a user and manages a path in /home/USER, ("dir", REL) for a folder it makes and
+    ("copy", REL) for a file or tree it writes (a checkout, a template). Parents come first."""
+    from fleet.engine.steps import Absent, Directory
+
+    found: dict[str, set[tuple[str, str]]] = {}
+    for item in steps:
+        step = item[1] if isinstance(item, tuple) else item
+        user = step.runs_as
+        if not user or isinstance(step, Absent):
+            continue
+        home = PurePosixPath("/home") / user
+        for path in step.paths():
+            pure = PurePosixPath(path)
+            if pure == home or not pure.is_relative_to(home):
+                continue
+            found.setdefault(user, set()).add(("dir" if isinstance(step, Directory) else "copy",
+                                               str(pure.relative_to(home))))
+    return {user: sorted(items, key=lambda kr: (len(PurePosixPath(kr[1]).parts), kr[0] != "dir", kr[1]))
+            for user, items in found.items()}
 
 
 def per_host_paths(values: Mapping[str, Any]) -> list[str]:
@@ -64,8 +118,9 @@ def per_host_paths(values: Mapping[str, Any]) -> list[str]:
     return paths
 
 
-def script(values: Mapping[str, Any]) -> str:
-    """The prepare script for a machine with these (course-wide) variables."""
+def script(values: Mapping[str, Any], homes: Mapping[str, list[tuple[str, str]]] | None = None) -> str:
+    """The prepare script for a machine with these (course-wide) variables; `homes` is
+    home_content() of its plan (a home with none is rebuilt from /etc/skel alone)."""
     from roles import jupyter
 
     service = str(values.get("jupyter_service") or "jupyter")
@@ -102,22 +157,31 @@ def script(values: Mapping[str, Any]) -> str:
         "find /var/log -type f \\( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \\) -delete",
         "find /var/log -type f -exec truncate -s 0 {} + && echo 'removed: logs (emptied)'",
         "rm -f /root/.bash_history /root/.python_history /root/.lesshst /root/.viminfo",
+        REBUILD_HOME,
         "for __home in /home/*/; do",
-        "  [ -L \"${__home%/}\" ] && continue",
-        "  __user=$(stat -c %U \"$__home\")",
-        "  [ \"$__user\" = UNKNOWN ] && continue",
-        "  runuser -u \"$__user\" -- bash -c 'shopt -s nullglob; cd \"$1\" && for f in "
-        + " ".join(USER_FILES) + "; do rm -f \"$f\"; done' _ \"$__home\"",
-        "  echo \"removed: histories and runtime files of $__user\"",
+        "  __home=${__home%/}; __user=${__home##*/}",
+        "  [ -L \"$__home\" ] && continue",
+        "  if [ \"$(stat -c %U \"$__home\")\" != \"$__user\" ]; then echo \"left alone: $__home (not owned by a user "
+        "of that name)\"; continue; fi",
+        "  if [ \"$__user\" = \"${SUDO_USER:-}\" ]; then",
+        "    runuser -u \"$__user\" -- bash -c 'cd \"$1\" && rm -f " + " ".join(LOGIN_USER_FILES) + "' _ \"$__home\"",
+        "    echo \"removed: shell histories of the login user $__user\"; continue",
+        "  fi",
+        "  case $__user in",
+        *[f"    {q(user)}) __rebuild_home \"$__user\" {' '.join(kind + ' ' + q(rel) for kind, rel in items)} || exit 1 ;;"
+          for user, items in sorted((homes or {}).items())],
+        "    *) __rebuild_home \"$__user\" || exit 1 ;;",
+        "  esac",
         "done",
         "sync",
     ]
     return "\n".join(lines) + "\n"
 
 
-def run_over_ssh(ssh: list[str], values: Mapping[str, Any], timeout: float = 300) -> list[str]:
+def run_over_ssh(ssh: list[str], values: Mapping[str, Any], homes: Mapping[str, list[tuple[str, str]]] | None = None,
+                 timeout: float = 300) -> list[str]:
     """Run the script with `ssh ... sudo -n bash -s` (stdin, so nothing is in a process's arguments)."""
-    p = subprocess.run([*ssh, "sudo -n bash -s"], input=script(values), text=True, capture_output=True,
+    p = subprocess.run([*ssh, "sudo -n bash -s"], input=script(values, homes), text=True, capture_output=True,
                        timeout=timeout)
     if p.returncode:
         raise PrepareError(f"preparing for imaging failed (exit {p.returncode}): {p.stderr.strip()[-1500:]}")

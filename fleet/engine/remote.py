@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 import secrets as _random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from fleet.engine import rootguard
 from fleet.engine.facts import Fact
 from fleet.engine.steps import KEPT, STATE_DIR, Handler, Outcome, Step, Verify, read_as
 from fleet.shell import as_user, q
@@ -84,32 +86,12 @@ __retry() {
 }
 """
 
-# Root writes only where no other user can move things under it: every folder from / to the
-# one it writes in (links resolved) must be root's and writable by root alone (sticky folders
-# such as /tmp aside). Otherwise the step is refused: it must declare that user's territory.
-ROOT_TERRITORY = r"""
-__root_territory() {
-  local p real uid gid mode name m d part
-  local -a dirs parts
-  for p in "$@"; do
-    d=${p%/*}; real=$(realpath -m -- "${d:-/}") || return 1
-    dirs=(/); d=
-    IFS=/ read -ra parts <<< "${real#/}"
-    for part in "${parts[@]}"; do [ -n "$part" ] && d+=/$part && dirs+=("$d"); done
-    while read -r uid gid mode name; do
-      m=$((8#$mode))
-      if [ "$uid" != 0 ]; then
-        echo "refused: $p: $name belongs to $(id -nu "$uid" 2>/dev/null || echo "uid $uid"), and root does not write inside another user's folders"
-        return 1
-      fi
-      if (( (m & 01000) == 0 && ((m & 02) || ((m & 020) && gid != 0)) )); then
-        echo "refused: $p: $name is writable by users other than root (mode $mode)"
-        return 1
-      fi
-    done < <(stat -c '%u %g %a %n' -- "${dirs[@]}" 2>/dev/null)
-  done
-}
-"""
+# Root writes only where no other user can move things under it: fleet.engine.rootguard walks each
+# path a root step declares from / with lstat on descriptors, checks every folder and link on the
+# way, makes the missing folders itself and refuses with `refused: PATH: ...` (exit 1). Isolated
+# Python (-I): nothing from the environment or the current folder is imported.
+ROOT_TERRITORY = ("__GUARD=" + q(Path(rootguard.__file__).read_text()) + "\n"
+                  '__root_territory() { python3 -I -c "$__GUARD" "$@"; }\n')
 
 APPLY_FUNCTIONS = r"""
 mkdir -p STATE/pending

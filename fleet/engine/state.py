@@ -41,21 +41,23 @@ def last_failed(inventory_source: str) -> list[str] | None:
     return json.loads(path.read_text()).get(_key(inventory_source))
 
 
+# ------------------------------------------------------------------ handouts
+
 def _handouts_file() -> Path:
     return state_dir() / "handouts.json"
 
 
-def record_handout(course: str, hosts: list[str]) -> None:
-    """Remember that these hosts' student credentials were handed out (a machine that was is a
-    student's machine: never the source of a course image)."""
+def record_handout(course: str, hosts: list[str] | tuple[str, ...] | set[str]) -> None:
+    """Remember that these machines (names, and instance ids where known) were handed to students:
+    `bake` never images one of them (fleet.engine.builder). Only ever added to."""
     path = _handouts_file()
     with atomic.locked(path.with_name(".handouts.lock")):
-        done = json.loads(path.read_text()) if path.exists() else {}
-        done[course] = sorted(set(done.get(course, [])) | set(hosts))
-        atomic.replace(path, json.dumps(done, indent=2), mode=0o600)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[course] = sorted(set(data.get(course, [])) | {str(h) for h in hosts})
+        atomic.replace(path, json.dumps(data, indent=2), mode=0o600)
 
 
 def handed_out(course: str) -> set[str]:
-    """The hosts of a course whose student credentials were ever handed out."""
+    """Every machine name or id of the course that was ever in a handout."""
     path = _handouts_file()
     return set(json.loads(path.read_text()).get(course, [])) if path.exists() else set()

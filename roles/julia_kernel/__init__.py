@@ -71,7 +71,8 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
         install,
         Link("/usr/local/bin/julia", binary),
         Directory(depot, owner="root", group="root", mode="0755"),
-        Command(ijulia, unless=current, label=f"IJulia and the {spec_name} kernelspec in {data_dir}"),
+        Command(ijulia, unless=current, label=f"IJulia and the {spec_name} kernelspec in {data_dir}",
+                writes=(f"{depot}/packages", f"{data_dir}/kernels/{spec_name}")),
         Verify(f"the {spec_name} kernelspec is visible to Jupyter and julia is {version}", check,
                user=v.jupyter_user),
     ]

@@ -146,6 +146,9 @@ class JuliaInstall(Step):
         self.name = f"julia {self.version} in {self.home}"
         self.resolver = self.resolver or ChecksumResolver()
 
+    def paths(self) -> tuple[str, ...]:
+        return (self.home,)   # unpacked beside it in {prefix}, then renamed into place
+
     def facts(self, diff: bool = False) -> list[Fact]:
         return [path_fact(self.binary), ARCH_FACT, installed_fact(self.prefix)]
 
@@ -208,6 +211,9 @@ class Link(Step):
     def __post_init__(self) -> None:
         self.path = check_path(self.path, "path")
         self.name = f"link {self.path} -> {self.target}"
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path, f"{self.path}.fleet-tmp")
 
     def facts(self, diff: bool = False) -> list[Fact]:
         return [link_fact(self.path)]

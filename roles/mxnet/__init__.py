@@ -23,6 +23,7 @@ FRAMEWORKS = {"mxnet": (choose_mxnet_build, ALL_PACKAGES)}
 class FrameworkGate(Step):
     """Decides the build from the host's GPU facts; refuses before anything is installed."""
 
+    PATHLESS = "it only reads the GPU facts"
     framework: str = "mxnet"
     prefer: str = "auto"
     cuda: str = ""
@@ -55,6 +56,12 @@ class FrameworkInstall(FrameworkGate):
     def __post_init__(self) -> None:
         self.name = f"{self.framework} in {self.venv}"
 
+    def pathless(self) -> str:
+        return ""
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.venv + "/bin",)   # the venv a knob names: never a folder a student owns
+
     def facts(self, diff: bool = False) -> list[Fact]:
         return [GPU_FACT, venv_fact(self.venv)]
 
@@ -86,6 +93,12 @@ class FrameworkEnv(FrameworkGate):
 
     def __post_init__(self) -> None:
         self.name = f"{self.framework} environment for the kernels"
+
+    def pathless(self) -> str:
+        return ""
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path,)
 
     def facts(self, diff: bool = False) -> list[Fact]:
         return [GPU_FACT, path_fact(self.path)]

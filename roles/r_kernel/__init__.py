@@ -9,6 +9,7 @@ from fleet.engine.steps import Apt, Command, Verify
 from fleet.inventory.variables import HostVars
 from fleet.shell import q
 
+CRAN_LIBRARY = "/usr/lib/R/site-library"
 KERNELSPEC_CHECK = """import json, sys
 specs = json.load(sys.stdin)["kernelspecs"]
 assert "ir" in specs, sorted(specs)
@@ -22,12 +23,14 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
     for index, package in enumerate(v.r_kernel_cran_packages):
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9.]*", package):
             raise ctx.fail(f"r_kernel_cran_packages[{index}]", f"not an R package name: {package!r}")
-        # The check is its own probe (`unless`), not hidden in the install one-liner.
+        # The check is its own probe (`unless`), not hidden in the install one-liner. Installed into
+        # R's site library for the distribution (root's alone; /usr/local/lib/R/site-library is
+        # writable by group staff, so the root guard would refuse it), which every R searches.
         items.append(Command(
-            f"Rscript --vanilla -e {q(f'install.packages({package!r}, repos={v.r_kernel_cran_repo!r})')} "
+            f"Rscript --vanilla -e {q(f'install.packages({package!r}, lib={CRAN_LIBRARY!r}, repos={v.r_kernel_cran_repo!r})')} "
             f"-e {q(f'quit(status = !requireNamespace({package!r}, quietly = TRUE))')}",
             unless=f"Rscript --vanilla -e {q(f'quit(status = !requireNamespace({package!r}, quietly = TRUE))')}",
-            label=f"CRAN package {package}"))
+            label=f"CRAN package {package}", writes=(f"{CRAN_LIBRARY}/{package}",)))
     jupyter = q(v.jupyter_venv + "/bin/jupyter")
     items.append(Verify("the ir kernelspec is visible to the Jupyter server",
                         f"{jupyter} kernelspec list --json | python3 -I -c {q(KERNELSPEC_CHECK)}",

@@ -42,8 +42,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def moto_url(tmp_path_factory):
     port = _free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    env = dict(os.environ, MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION="true")
+    folder = tmp_path_factory.mktemp("moto")
+    log = (folder / "moto.log").open("w")
+    # the recorder (off until a test starts it) writes the requests moto received here
+    env = dict(os.environ, MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION="true",
+               MOTO_RECORDER_FILEPATH=str(folder / "recording.jsonl"))
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -189,7 +189,7 @@ def test_bake_refuses_bad_input_before_touching_anything(aws, baked, tmp_path):
     before = [i.id for i in images.course_images(COURSE)]
     proc = task(["bake", "--course", "nosuchcourse"])
     assert proc.returncode == 1 and "no recipe for course nosuchcourse: pass --inventory" in proc.stderr
-    proc = task(["bake", "--course", COURSE, "--inventory", str(baked["recipe"]), "--host", "nope"])
+    proc = task(["bake", "--course", COURSE, "--inventory", str(baked["recipe"]), "--builder", "nope"])
     assert proc.returncode == 1 and f"no running instance 'nope' in course {COURSE}" in proc.stderr
     empty = write_recipe(tmp_path / "empty.yml", roles=[])
     proc = task(["bake", "--course", COURSE, "--inventory", str(empty)])

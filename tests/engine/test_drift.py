@@ -1,6 +1,7 @@
 """Drift grouped across hosts: identical change sets share a block, hosts named compactly, the
 hosts unlike any other last; the output stays one line per host when piped."""
 import io
+import os
 from dataclasses import asdict
 
 import pytest
@@ -181,3 +182,18 @@ def test_console_width_when_piped(monkeypatch, tty, columns, expected):
     else:
         monkeypatch.setenv("COLUMNS", columns)
     assert console_width() == expected
+
+
+def test_the_secret_digest_never_reads_through_a_link_or_waits_on_a_fifo(tmp_path):
+    from fleet.engine.drift import masked_diff_fact
+
+    token = TOKENS["h1"]
+    wanted = config("h1", token)
+    target = tmp_path / "elsewhere"
+    target.write_text(config("h1", token, "c.x = 1"))        # readable, and different from the wanted file
+    (tmp_path / "link").symlink_to(target)
+    os.mkfifo(tmp_path / "fifo")                               # nobody writes: a blocking read would hang
+    (link,) = probe_locally(masked_diff_fact(str(tmp_path / "link"), wanted.encode(), [token]))
+    (fifo,) = probe_locally(masked_diff_fact(str(tmp_path / "fifo"), wanted.encode(), [token]))
+    (real,) = probe_locally(masked_diff_fact(str(target), wanted.encode(), [token]))
+    assert link == "link" and fifo == "not-a-file" and real not in ("link", "not-a-file", "absent")

@@ -64,8 +64,20 @@ ROOT_CASES: list[tuple[str, Callable[[Path], Step], bool]] = [
      lambda p: Command(f"touch {p}/home/made", creates=str(nobody_dir(p) / "made")), True),
     ("world-writable folder", lambda p: ((p / "open").mkdir(), (p / "open").chmod(0o777), File(str(p / "open" / "f"), "x\n"))[2],
      True),
-    ("sticky world-writable folder (like /tmp)",
-     lambda p: ((p / "tmp").mkdir(), (p / "tmp").chmod(0o1777), File(str(p / "tmp" / "f"), "x\n"))[2], False),
+    ("directly in a sticky world-writable folder (like /tmp/f)",
+     lambda p: ((p / "tmp").mkdir(), (p / "tmp").chmod(0o1777), File(str(p / "tmp" / "f"), "x\n"))[2], True),
+    ("a folder made by the guard in a sticky folder (like /tmp/new/sub/f)",
+     lambda p: ((p / "tmp").mkdir(), (p / "tmp").chmod(0o1777), File(str(p / "tmp" / "new" / "sub" / "f"), "x\n"))[2],
+     False),
+    ("a folder another user made in a sticky folder",
+     lambda p: ((p / "tmp").mkdir(), (p / "tmp").chmod(0o1777), nobody_dir(p / "tmp", "new"),
+                File(str(p / "tmp" / "new" / "sub" / "f"), "x\n"))[3], True),
+    ("through another user's link in a root folder",
+     lambda p: (os.symlink(str(p), str(p / "ulink")), os.lchown(str(p / "ulink"), NOBODY, NOBODY),
+                File(str(p / "ulink" / "f"), "x\n"))[2], True),
+    ("a link in another user's folder pointing back to a root folder",
+     lambda p: (os.symlink(str(p), str(nobody_dir(p) / "back")), File(str(p / "home" / "back" / "f"), "x\n"))[1],
+     True),
 ]
 
 
@@ -76,7 +88,7 @@ def test_root_writes_only_where_no_other_user_can_move_things(place, case, build
     before = sorted(str(p) for p in place.rglob("*"))
     rc, out = apply(step)
     if refused:
-        assert rc != 0 and "refused: " in out, out
+        assert rc != 0 and f"refused: {step.paths()[0]}: " in out, out   # the refusal names the path
         assert sorted(str(p) for p in place.rglob("*")) == before  # nothing written
     else:
         assert rc == 0, out

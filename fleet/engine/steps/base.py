@@ -39,6 +39,10 @@ class Step:
     way to one of its `paths()` is another user's (see fleet.engine.remote.ROOT_TERRITORY)."""
 
     name: str = ""
+    # Why a step of this kind changes no path of its own (so it declares none), e.g. apt; empty:
+    # it must declare every path it changes in paths(). tests/engine/test_declared_paths.py holds
+    # every shipped role to this.
+    PATHLESS: str = ""
     notify: tuple[str, ...] = ()
     critical: bool = True  # a failure stops the host's remaining steps
     secret: bool = False   # never show a diff of this step's content
@@ -48,8 +52,13 @@ class Step:
         return []
 
     def paths(self) -> tuple[str, ...]:
-        """Paths whose folders this step writes in: checked before a root step changes them."""
+        """Paths this step changes: a root step's are checked (and their missing folders made) by
+        the root guard (fleet.engine.rootguard) before its commands run."""
         return ()
+
+    def pathless(self) -> str:
+        """Why this step declares no path (empty: it must declare them)."""
+        return self.PATHLESS
 
     def secrets(self) -> list[str]:
         """Values this step knows that must be masked wherever output is shown (e.g. URL passwords)."""

@@ -49,6 +49,7 @@ APT_AGE = Fact(
 
 @dataclass
 class Apt(Step):
+    PATHLESS = "apt and dpkg write only the system folders packages own, under their own locks"
     packages: tuple[str, ...]
     cache_max_age: int = 86400
     lock_timeout: int = 300

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet.engine.facts import Fact
-from fleet.engine.steps.base import Outcome, Step
+from fleet.engine.steps.base import Outcome, Step, check_path
 from fleet.engine.steps.files import path_fact
 from fleet.errors import InputError
 from fleet.shell import as_user, q
@@ -21,6 +21,7 @@ def unit_fact(unit: str) -> Fact:
 
 @dataclass
 class Service(Step):
+    PATHLESS = "systemctl changes a unit's state; the unit file is a File step's"
     unit: str
     enabled: bool = True
     running: bool = True
@@ -62,6 +63,7 @@ def reload_if_changed(unit: str) -> str:
 
 @dataclass
 class User(Step):
+    PATHLESS = "useradd writes /etc/passwd and friends under their locks and makes a new home"
     user: str
     shell: str = "/bin/bash"
     groups: tuple[str, ...] = ()
@@ -105,7 +107,9 @@ class User(Step):
 
 @dataclass
 class Command(Step):
-    """A plain command: needs `creates`, `unless`, or an explicit idempotent=False."""
+    """A plain command: needs `creates`, `unless`, or an explicit idempotent=False. It declares
+    every path it changes (`writes`, plus `creates`), or says it changes none with
+    `writes_nothing=True`; a root command's paths go through the root guard."""
 
     command: str
     creates: str | None = None
@@ -114,26 +118,33 @@ class Command(Step):
     user: str | None = None
     label: str | None = None
     notify: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    writes_nothing: bool = False
 
     def __post_init__(self) -> None:
         if self.creates is None and self.unless is None and self.idempotent is not False:
             raise InputError("a command step needs creates=, unless= or idempotent=False", key=self.command)
         self.name = self.label or f"command {self.command}"
+        self.writes = tuple(check_path(p, "writes") for p in self.writes)
 
     def paths(self) -> tuple[str, ...]:
-        return (self.creates,) if self.creates else ()   # what it makes is where it writes
+        return self.writes + ((self.creates,) if self.creates else ())   # what it makes is where it writes
+
+    def pathless(self) -> str:
+        return "marked writes_nothing=True" if self.writes_nothing else ""
 
     def facts(self, diff: bool = False) -> list[Fact]:
         facts = []
         if self.creates:
-            facts.append(path_fact(self.creates))
+            # probed as the step's user: root never looks through what a user may have planted there
+            facts.append(path_fact(self.creates, user=self.user))
         if self.unless:
             facts.append(Fact(f"unless:{self.user}:{self.unless}",
                               f"{as_user(self.user, self.unless)} >/dev/null 2>&1; echo $?", lambda t: int(t.strip())))
         return facts
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
-        if self.creates and facts[path_fact(self.creates).key] is not None:
+        if self.creates and facts[path_fact(self.creates, user=self.user).key] is not None:
             return Outcome(False, f"{self.creates} already exists")
         if self.unless and facts[f"unless:{self.user}:{self.unless}"] == 0:
             return Outcome(False, f"already done ({self.unless} succeeds)")
