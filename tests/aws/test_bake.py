@@ -131,3 +131,15 @@ def test_an_unused_machine_named_as_builder_is_taken_then_terminated(aws, course
     assert not result.launched and result.instance.id == second.id
     assert [host for _, host in machine.calls] == [second.name]
     assert _state(aws, second.id) in ("shutting-down", "terminated")
+
+
+def test_a_machine_the_roster_gives_a_student_is_refused(aws, course, tmp_path):
+    first = course["machines"][0]
+    data = yaml.safe_load(course["recipe"].read_text())
+    data["hosts"] = {first.name: {"address": "192.0.2.1"}}
+    data["roster"] = [{"student": "alice", "host": first.name}]
+    course["recipe"].write_text(yaml.safe_dump(data))
+    machine = Recorder()
+    with pytest.raises(BakeRefused, match=f"{first.name} is alice's machine in the roster .*invoke bake --course {COURSE}"):
+        _bake(course, tmp_path, machine, builder=first.name)
+    assert machine.calls == [] and images.course_images(COURSE) == [] and _state(aws, first.id) == "running"

@@ -10,7 +10,7 @@ from fleet.testhosts import hosts as testhosts
 from tests.fixtures import fleet, sh
 
 pytestmark = pytest.mark.hosts
-STEP = "pip requests==2.32.3 in /opt/locked"
+STEP = "pip requests==2.32.3"   # the name goes on with the extras, then " in /opt/locked"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def freeze(host) -> dict[str, str]:
 
 
 def messages(run, hosts) -> dict[str, str]:
-    return {h.name: next(s["message"] for s in run.report["hosts"][h.name]["steps"] if s["name"] == STEP) for h in hosts}
+    return {h.name: next(s["message"] for s in run.report["hosts"][h.name]["steps"] if s["name"].startswith(STEP) and s["name"].endswith(" in /opt/locked")) for h in hosts}
 
 
 def test_every_host_installs_exactly_the_lock(locked):
