@@ -265,3 +265,22 @@ def test_a_removed_student_keeps_nothing_and_an_own_key_works_the_same_way(cours
     again = fleet("provision", state=state, inventory=inventory)
     assert again.rc == 0 and all(h["status"] == "ok" for h in again.report["hosts"].values()), again.output
 
+
+
+def test_planted_python_is_not_run_by_root_during_bake(course, hosts_factory, monkeypatch):
+    from fleet.testhosts import layers
+
+    _, _, state, inventory = course
+    (builder,) = hosts_factory(1)
+    # Only root can write /etc: the plant leaves a mark there if root imports it, and else stays quiet.
+    bait = ("import os\nif os.getuid() == 0:\n    open('/etc/planted-code-ran', 'a').write('json.py as root\\n')\n"
+            "raise ImportError('planted')\n")
+    for home in ("/home/ubuntu", "/root"):
+        sh(builder, f"printf %s {shlex.quote(bait)} > {home}/json.py")
+    monkeypatch.setenv("FLEET_STATE_DIR", str(state))
+    layer = layers.bake_course(inventory, f"test-access-{builder.index}", builder=builder)
+    try:
+        assert (layer / "home/ubuntu/json.py").exists()             # the plant was there all along
+        assert not (layer / "etc/planted-code-ran").exists()        # and root never imported it
+    finally:
+        layers.remove_layer(layer)
