@@ -77,3 +77,21 @@ def attach(ec2: Any, group_id: str, instances: Iterable[Instance], members: Iter
             ec2.modify_instance_attribute(InstanceId=inst.id, Groups=[g for g in groups if g != group_id])
             changed["detached"].append(inst.name)
     return changed
+
+
+def open_cluster(course: str, cluster: str, members: list[str], ports: tuple[int, int],
+                 region: str | None = None) -> tuple[str, dict[str, list[str]]]:
+    """The cluster's group, ensured and put on exactly its member instances (by instance name)."""
+    from fleet.aws.common import CloudError, check_course, ec2_session, explained_errors
+    from fleet.aws.instances import _describe
+
+    check_course(course)
+    _, ec2, name = ec2_session(region)
+    with explained_errors(name):
+        instances = _describe(ec2, course, ("pending", "running", "stopping", "stopped"))
+        unknown = sorted(set(members) - {i.name for i in instances})
+        if unknown:
+            raise CloudError(f"no instance of course {course} named {', '.join(unknown)} "
+                             f"(instances: {', '.join(i.name for i in instances) or 'none'})")
+        group_id = ensure_cluster_group(ec2, course, cluster, ports)
+        return group_id, attach(ec2, group_id, instances, members)

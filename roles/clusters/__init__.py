@@ -62,7 +62,7 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
     user, home = v.jupyter_user, f"/home/{v.jupyter_user}"
     profile_dir = f"{home}/.ipython/profile_{v.clusters_profile}"
     extension = {"ServerApp": {"jpserver_extensions": {"ipyparallel": True}}}
-    cluster = topology.resolve(v, ctx.inventory, ctx.fail)
+    cluster = topology.resolve(v, ctx.inventory, ctx.fail, ctx.peer_vars)
     return [
         Pip(v.jupyter_venv, [f"ipyparallel=={v.clusters_version}"], python=v.jupyter_python, notify=("restart jupyter",)),
         # Enabled in /etc as well as by the wheel, so the sidebar survives a venv rebuilt without it.

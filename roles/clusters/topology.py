@@ -60,7 +60,7 @@ def parse_ports(text: str, fail) -> tuple[int, int]:
     return first, last
 
 
-def resolve(v, inventory, fail) -> Cluster | None:
+def resolve(v, inventory, fail, peer_vars=None) -> Cluster | None:
     """The cluster this host belongs to, or None (no `clusters_group`, or not in that group)."""
     group = v.clusters_group
     if not group:
@@ -80,7 +80,10 @@ def resolve(v, inventory, fail) -> Cluster | None:
     first, last = parse_ports(v.clusters_ports, fail)
     if v.inventory_hostname not in members:
         return None
-    address = v.clusters_address or inventory.hosts[head].address
+    # On AWS the inventory address is the public one; members must talk over the private network,
+    # where the cluster's security group matches (fleet/aws/clusters.py): the aws inventory gives it.
+    private = peer_vars(head).get("private_ip") if peer_vars else None
+    address = v.clusters_address or private or inventory.hosts[head].address
     return Cluster(group, head, members, address, first, last)
 
 

@@ -65,3 +65,20 @@ def test_cluster_ports_open_between_members_only(aws, tmp_path, ami):  # noqa: F
     assert groups_of(aws, by_name[names[2]]) == {course_group}
     ensure_cluster_group(aws, "geo", "lab", (11000, 11019))
     assert rules(aws, "geo", "lab") == [("tcp", 11000, 11019, lab)]
+
+
+def test_cluster_network_task(aws, tmp_path, ami, capsys):  # noqa: F811
+    import pytest
+    from invoke import Context, Exit
+
+    from fleet.aws import tasks as tasks_cloud
+
+    up("geo", 2, tmp_path, ami)
+    names = [i.name for i in cloud.course_instances("geo")]
+    tasks_cloud.cluster_network(Context(), course="geo", cluster="lab", members=",".join(names))
+    out = " ".join(capsys.readouterr().out.split())   # rich wraps long lines
+    assert "opens tcp 10101-10120 between its members only" in out and f"attached: {', '.join(names)}" in out
+    with pytest.raises(Exit, match="no instance of course geo named nope"):
+        tasks_cloud.cluster_network(Context(), course="geo", cluster="lab", members="nope")
+    with pytest.raises(Exit, match="--ports expects FIRST-LAST"):
+        tasks_cloud.cluster_network(Context(), course="geo", cluster="lab", members=names[0], ports="all")

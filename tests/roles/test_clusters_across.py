@@ -139,3 +139,13 @@ def test_curve_keys_match_pyzmq():
         assert public == zmq.curve_public(secret.encode()).decode()
     with pytest.raises(ValueError):
         curve.keypair(b"short")
+
+
+def test_on_aws_engines_reach_the_heads_private_address(tmp_path):
+    """The aws inventory gives each host its private_ip: the cluster's group only matches VPC traffic."""
+    hosts = dict(HOSTS, h1={"address": "198.51.100.11", "user": "ubuntu", "vars": {"private_ip": "172.31.7.7"}})
+    plans, _ = compile_course(tmp_path, hosts=hosts, names=["h2"])
+    engine = json.loads(files(plans["h2"])[f"{SECURITY}/ipcontroller-engine.json"].content)
+    assert engine["interface"] == "tcp://172.31.7.7" and engine["location"] == "172.31.7.7"
+    config = files(compile_course(tmp_path, hosts=hosts, names=["h1"])[0]["h1"])["/etc/ipyparallel/cluster.py"]
+    assert 'c.IPController.engine_ip = "172.31.7.7"' in config.content.decode()
