@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from fleet.aws.common import Instance, group_name, tag_spec
-from fleet.aws.groups import _default_vpc
 
 
 def cluster_group_name(course: str, cluster: str) -> str:
@@ -40,10 +39,14 @@ def _is_wanted(grant: dict[str, Any], group_id: str, ports: tuple[int, int]) -> 
             and [p.get("GroupId") for p in grant.get("UserIdGroupPairs", [])] == [group_id])
 
 
-def ensure_cluster_group(ec2: Any, course: str, cluster: str, ports: tuple[int, int]) -> str:
-    """The cluster's group with exactly one rule: tcp `ports` from itself. Anything else is revoked."""
+def vpc_of(ec2: Any, instance_id: str) -> str:
+    """The VPC an instance is in: its cluster's group must be there too."""
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["VpcId"]
+
+
+def ensure_cluster_group(ec2: Any, course: str, cluster: str, ports: tuple[int, int], vpc: str) -> str:
+    """The cluster's group in `vpc` with exactly one rule: tcp `ports` from itself. Anything else is revoked."""
     name = cluster_group_name(course, cluster)
-    vpc = _default_vpc(ec2)
     found = ec2.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]
     if found:
@@ -82,16 +85,18 @@ def attach(ec2: Any, group_id: str, instances: Iterable[Instance], members: Iter
 def open_cluster(course: str, cluster: str, members: list[str], ports: tuple[int, int],
                  region: str | None = None) -> tuple[str, dict[str, list[str]]]:
     """The cluster's group, ensured and put on exactly its member instances (by instance name)."""
-    from fleet.aws.common import CloudError, check_course, ec2_session, explained_errors
-    from fleet.aws.instances import _describe
+    from fleet.aws.common import CloudError, ec2_session, explained_errors
+    from fleet.aws.instances import course_instances
 
-    check_course(course)
+    if not members:
+        raise CloudError(f"cluster {cluster}: no members given")
+    instances = course_instances(course, region, states=("pending", "running", "stopping", "stopped"))
     _, ec2, name = ec2_session(region)
     with explained_errors(name):
-        instances = _describe(ec2, course, ("pending", "running", "stopping", "stopped"))
         unknown = sorted(set(members) - {i.name for i in instances})
         if unknown:
             raise CloudError(f"no instance of course {course} named {', '.join(unknown)} "
                              f"(instances: {', '.join(i.name for i in instances) or 'none'})")
-        group_id = ensure_cluster_group(ec2, course, cluster, ports)
+        member = next(i for i in instances if i.name in members)
+        group_id = ensure_cluster_group(ec2, course, cluster, ports, vpc_of(ec2, member.id))
         return group_id, attach(ec2, group_id, instances, members)

@@ -3,7 +3,7 @@ ipyparallel ports between that cluster's members only; the course's group stays 
 from __future__ import annotations
 
 from fleet.aws import cloud
-from fleet.aws.clusters import attach, cluster_group_name, ensure_cluster_group
+from fleet.aws.clusters import attach, cluster_group_name, ensure_cluster_group, vpc_of
 from tests.aws.test_cloud import CIDR, aws, ami, ingress, moto_url, simple_rules, up  # noqa: F401 (fixtures)
 
 PORTS = (10101, 10120)
@@ -37,8 +37,9 @@ def test_cluster_ports_open_between_members_only(aws, tmp_path, ami):  # noqa: F
     course_group = launched.security_group_id
     instances = cloud.course_instances("geo")
     names = [i.name for i in instances]
-    lab = ensure_cluster_group(aws, "geo", "lab", PORTS)
-    other = ensure_cluster_group(aws, "geo", "other", PORTS)
+    vpc = vpc_of(aws, instances[0].id)
+    lab = ensure_cluster_group(aws, "geo", "lab", PORTS, vpc)
+    other = ensure_cluster_group(aws, "geo", "other", PORTS, vpc)
     assert lab != other and course_group not in (lab, other)
     # Exactly one rule each: the pinned range, from that cluster's own group; no address range at all.
     assert rules(aws, "geo", "lab") == [("tcp", 10101, 10120, lab)]
@@ -57,13 +58,13 @@ def test_cluster_ports_open_between_members_only(aws, tmp_path, ami):  # noqa: F
     aws.authorize_security_group_ingress(GroupId=lab, IpPermissions=[
         {"IpProtocol": "tcp", "FromPort": 10101, "ToPort": 10120, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
         {"IpProtocol": "tcp", "FromPort": 10101, "ToPort": 10120, "UserIdGroupPairs": [{"GroupId": other}]}])
-    assert ensure_cluster_group(aws, "geo", "lab", PORTS) == lab
+    assert ensure_cluster_group(aws, "geo", "lab", PORTS, vpc) == lab
     assert rules(aws, "geo", "lab") == [("tcp", 10101, 10120, lab)]
 
     # A member taken out of the cluster loses the group; a changed range replaces the rule.
     assert attach(aws, lab, instances, names[:2]) == {"attached": [], "detached": [names[2]]}
     assert groups_of(aws, by_name[names[2]]) == {course_group}
-    ensure_cluster_group(aws, "geo", "lab", (11000, 11019))
+    ensure_cluster_group(aws, "geo", "lab", (11000, 11019), vpc)
     assert rules(aws, "geo", "lab") == [("tcp", 11000, 11019, lab)]
 
 
