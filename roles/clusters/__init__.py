@@ -41,7 +41,7 @@ while True:
     if client.ids:
         try:
             seen.update(client[:].apply_async(lambda: __import__("os").environ.get("FLEET_HOST")).get(timeout=10))
-        except Exception as exc:  # an engine that registered but died: wait for the unit to restart it
+        except Exception:  # an engine that registered but died: wait for the unit to restart it
             seen["?"] += 1
     short = {{h: n for h, n in expected.items() if seen[h] < max(n, 1) or (n and seen[h] != n)}}
     if not short or time.monotonic() > deadline:
