@@ -56,6 +56,7 @@ sys.exit(1 if short else 0)
 
 CONTROLLER, ENGINES = "ipcontroller", "ipengines"
 CONFIG_DIR = "/etc/ipyparallel"
+SCRIPT = "/usr/local/lib/jupyter-fleet-ipengines"
 
 
 def steps(v: HostVars, ctx: RoleContext) -> list:
@@ -89,7 +90,8 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
     items: list = []
     if cluster is not None:
         keys = _keys(ctx, cluster)
-        values = dict(v, cluster=cluster, config=config, engines=v.clusters_engines or "$$(nproc)")
+        values = dict(v, cluster=cluster, config=config, script=SCRIPT, engines=v.clusters_engines or "$(nproc)",
+                      engines_said=f"{v.clusters_engines} engines" if v.clusters_engines else "One engine per CPU")
         items += [
             # ipyparallel makes this folder 0700 too: connection files are the course user's alone.
             Directory(security, mode="0700", user=user),
@@ -109,6 +111,7 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
                 Service(CONTROLLER, enabled=True, running=True),
             ]
         items += [
+            ctx.template_with("ipengines.sh.j2", SCRIPT, values, mode="0755", notify=(f"restart {ENGINES}",)),
             ctx.template_with("ipengines.service.j2", f"/etc/systemd/system/{ENGINES}.service", values,
                               notify=(f"restart {ENGINES}",)),
             Service(ENGINES, enabled=True, running=True),
@@ -121,6 +124,7 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
     if cluster is None:  # retire engines of a cluster this host left
         items += [Service(ENGINES, enabled=False, running=False),
                   Absent(f"/etc/systemd/system/{ENGINES}.service", reason="not in a cluster"),
+                  Absent(SCRIPT, reason="not in a cluster"),
                   Absent(engine_file, reason="not in a cluster", user=user)]
     for unit in (CONTROLLER, ENGINES):
         items.append(Handler(f"restart {unit}", f"{reload_if_changed(unit)} && systemctl restart {q(unit)}", unit=unit))

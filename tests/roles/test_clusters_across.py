@@ -108,8 +108,8 @@ def test_per_host_engine_counts_reach_the_head_check(tmp_path):
     plans, _ = compile_course(tmp_path, hosts=hosts, names=["h1"])  # the head alone: members' vars still resolved
     verify = next(v for _, v in plans["h1"].verifies if v.name.startswith("cluster lab"))
     assert '{"h1": 2, "h2": 1, "h3": 0}' in verify.script
-    unit = files(compile_course(tmp_path, hosts=hosts, names=["h3"])[0]["h3"])["/etc/systemd/system/ipengines.service"]
-    assert "$$(seq $$(nproc))" in unit.content.decode()     # 0: one engine per CPU of that host
+    script = files(compile_course(tmp_path, hosts=hosts, names=["h3"])[0]["h3"])["/usr/local/lib/jupyter-fleet-ipengines"]
+    assert "engines=$(nproc)" in script.content.decode()     # 0: one engine per CPU of that host
 
 
 @pytest.mark.parametrize("vars,groups,key,fragment", [
@@ -149,3 +149,31 @@ def test_on_aws_engines_reach_the_heads_private_address(tmp_path):
     assert engine["interface"] == "tcp://172.31.7.7" and engine["location"] == "172.31.7.7"
     config = files(compile_course(tmp_path, hosts=hosts, names=["h1"])[0]["h1"])["/etc/ipyparallel/cluster.py"]
     assert 'c.IPController.engine_ip = "172.31.7.7"' in config.content.decode()
+
+
+@pytest.mark.parametrize("gpus,seen", [(2, ["0", "0", "1"]), (0, ["all", "all", "all"])])
+def test_engines_script_runs_n_engines_and_gives_each_a_gpu_in_turn(tmp_path, gpus, seen):
+    """The rendered script, run by bash here with stand-ins for nvidia-smi and ipengine."""
+    import subprocess
+    import time
+
+    plans, _ = compile_course(tmp_path, {"clusters_engines": 3}, names=["h2"])
+    script = tmp_path / "ipengines"
+    script.write_bytes(files(plans["h2"])["/usr/local/lib/jupyter-fleet-ipengines"].content)
+    bin_dir, out = tmp_path / "bin", tmp_path / "seen"
+    bin_dir.mkdir()
+    (bin_dir / "ipengine").write_text(f"#!/bin/sh\necho \"${{CUDA_VISIBLE_DEVICES-all}} $*\" >> {out}\n")
+    if gpus:
+        lines = "".join(f"echo 'GPU {i}: NVIDIA H200 (UUID: GPU-{i})'\n" for i in range(gpus))
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n" + lines)
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1   # an engine exited: the unit exits, systemd starts them all again
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(out.read_text().splitlines() if out.exists() else []) < 3:
+        time.sleep(0.05)
+    lines = out.read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == seen
+    assert all(line.split()[1:] == ["--profile=default"] for line in lines)

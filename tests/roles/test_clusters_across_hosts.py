@@ -224,7 +224,8 @@ def test_a_worker_taken_out_is_retired_and_put_back(course):
     run = fleet("provision", state=state, inventory=inventory)
     assert run.rc == 0, run.output[-4000:]
     assert set(changed_steps(run.report, w2.name)) == {
-        "service ipengines", "absent /etc/systemd/system/ipengines.service", f"absent {SECURITY}/ipcontroller-engine.json"}
+        "service ipengines", "absent /etc/systemd/system/ipengines.service", "absent /usr/local/lib/jupyter-fleet-ipengines",
+        f"absent {SECURITY}/ipcontroller-engine.json"}
     assert sh(w2, "systemctl is-active ipengines", check=False).stdout.strip() == "inactive"
     wait_for(lambda: engine_count(head) == 3, timeout=120, interval=3)   # its engines' heartbeats stop
     data["groups"]["lab"]["hosts"] = [head.name, w1.name, w2.name]
