@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from fleet.engine.roles import RoleContext
-from fleet.engine.steps import Absent, Directory, File, Handler, Pip, Service, Verify, reload_if_changed
+from fleet.engine.steps import Absent, Command, Directory, File, Handler, Pip, Service, Verify, reload_if_changed
 from fleet.inventory.variables import HostVars
 from fleet.shell import q
 from roles.clusters import curve, topology
@@ -55,6 +55,9 @@ sys.exit(1 if short else 0)
 """
 
 CONTROLLER, ENGINES = "ipcontroller", "ipengines"
+# The engines' file has a name of Fleet's own: the panel's local clusters write ipcontroller-engine.json.
+# The client file must keep ipyparallel's default name, which `ipp.Client()` looks for.
+ENGINE_FILE, CLIENT_FILE, HEAD_MARK = "fleet-cluster-engine.json", "ipcontroller-client.json", "fleet-cluster-head"
 CONFIG_DIR = "/etc/ipyparallel"
 SCRIPT = "/usr/local/lib/jupyter-fleet-ipengines"
 
@@ -84,13 +87,13 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
     """A member's engines (and the head's controller); on any other host, whatever a cluster left is retired."""
     user = v.jupyter_user
     security = f"{profile_dir}/security"
-    engine_file, client_file = f"{security}/ipcontroller-engine.json", f"{security}/ipcontroller-client.json"
+    engine_file, client_file, mark = f"{security}/{ENGINE_FILE}", f"{security}/{CLIENT_FILE}", f"{security}/{HEAD_MARK}"
     config = f"{CONFIG_DIR}/cluster.py"
     is_head = cluster is not None and cluster.head == v.inventory_hostname
     items: list = []
     if cluster is not None:
         keys = _keys(ctx, cluster)
-        values = dict(v, cluster=cluster, config=config, script=SCRIPT, engines=v.clusters_engines or "$(nproc)",
+        values = dict(v, cluster=cluster, config=config, script=SCRIPT, engine_file=engine_file, engines=v.clusters_engines or "$(nproc)",
                       engines_said=f"{v.clusters_engines} engines" if v.clusters_engines else "One engine per CPU")
         items += [
             # ipyparallel makes this folder 0700 too: connection files are the course user's alone.
@@ -102,6 +105,8 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
             items += [
                 File(client_file, _connection(cluster, keys, "client"), mode="0600", secret=True, user=user,
                      notify=(f"restart {CONTROLLER}",)),
+                # Says the client file is Fleet's, so a host that stops being the head removes it (and no other).
+                File(mark, f"{cluster.group}\n", mode="0600", user=user),
                 Directory(CONFIG_DIR, mode="0755"),
                 ctx.template_with("ipcontroller_cluster.py.j2", config, dict(values, **keys,
                                   internal_ports=cluster.internal_ports()), owner="root", group=user, mode="0640",
@@ -120,7 +125,9 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
         items += [Service(CONTROLLER, enabled=False, running=False),
                   Absent(f"/etc/systemd/system/{CONTROLLER}.service", reason="not this cluster's head"),
                   Absent(config, reason="not this cluster's head"),
-                  Absent(client_file, reason="not this cluster's head", user=user)]
+                  # Only a client file Fleet wrote: one of a local cluster the student started is theirs.
+                  Command(f"rm -f -- {q(client_file)} {q(mark)}", unless=f"test ! -e {q(mark)}", user=user,
+                          label=f"retire {client_file} (not this cluster's head)")]
     if cluster is None:  # retire engines of a cluster this host left
         items += [Service(ENGINES, enabled=False, running=False),
                   Absent(f"/etc/systemd/system/{ENGINES}.service", reason="not in a cluster"),

@@ -12,7 +12,7 @@ import pytest
 from fleet.engine.compile import compile_plans
 from fleet.engine.roles import RoleSet
 from fleet.engine.secrets import CourseSecrets, Masker
-from fleet.engine.steps import Absent, File, Service, Verify
+from fleet.engine.steps import Absent, Command, File, Service, Verify
 from fleet.errors import InputError, InputErrors
 from fleet.inventory import files as inventory
 from roles.clusters import curve
@@ -48,7 +48,7 @@ def test_head_runs_the_controller_and_every_member_runs_engines(tmp_path):
     for worker in ("h2", "h3"):
         assert services(plans[worker]) == {"ipengines": (True, True), "ipcontroller": (False, False)}
     assert services(plans["h4"]) == {"ipcontroller": (False, False), "ipengines": (False, False)}
-    engine = f"{SECURITY}/ipcontroller-engine.json"
+    engine = f"{SECURITY}/fleet-cluster-engine.json"
     # Rendered on the controller: byte for byte the same file on every member, written as the course user, 0600.
     contents = {files(plans[h])[engine].content for h in ("h1", "h2", "h3")}
     assert len(contents) == 1
@@ -56,13 +56,19 @@ def test_head_runs_the_controller_and_every_member_runs_engines(tmp_path):
     assert (step.user, step.mode, step.secret) == ("student", "0600", True)
     assert engine not in files(plans["h4"])
     absent = {s.path for _, s in plans["h4"].steps if isinstance(s, Absent)}
-    assert {engine, "/etc/systemd/system/ipengines.service", f"{SECURITY}/ipcontroller-client.json"} <= absent
+    assert {engine, "/etc/systemd/system/ipengines.service", "/usr/local/lib/jupyter-fleet-ipengines"} <= absent
+    # The client file has ipyparallel's default name, which a local cluster the student starts also
+    # writes: it is removed only where Fleet's head mark says Fleet wrote it.
+    assert f"{SECURITY}/ipcontroller-client.json" not in absent
+    retire = next(s for _, s in plans["h4"].steps if isinstance(s, Command))
+    assert retire.unless == f"test ! -e {SECURITY}/fleet-cluster-head" and retire.user == "student"
+    assert f"{SECURITY}/fleet-cluster-head" in files(plans["h1"])
 
 
 def test_connection_files_pin_every_port_and_carry_the_keys(tmp_path):
     plans, masker = compile_course(tmp_path, {"clusters_ports": "11000-11017"})
     head = files(plans["h1"])
-    engine = json.loads(head[f"{SECURITY}/ipcontroller-engine.json"].content)
+    engine = json.loads(head[f"{SECURITY}/fleet-cluster-engine.json"].content)
     client = json.loads(head[f"{SECURITY}/ipcontroller-client.json"].content)
     assert engine["interface"] == "tcp://10.211.1.2" and engine["location"] == "10.211.1.2"
     assert client["interface"] == "tcp://127.0.0.1"       # work is submitted on the head only
@@ -83,7 +89,7 @@ def test_connection_files_pin_every_port_and_carry_the_keys(tmp_path):
 
 
 def test_keys_are_stable_per_course_and_differ_per_cluster(tmp_path):
-    key = lambda plans: json.loads(files(plans["h1"])[f"{SECURITY}/ipcontroller-engine.json"].content)
+    key = lambda plans: json.loads(files(plans["h1"])[f"{SECURITY}/fleet-cluster-engine.json"].content)
     first, again = key(compile_course(tmp_path)[0]), key(compile_course(tmp_path)[0])
     assert first == again
     other = key(compile_course(tmp_path, {"clusters_group": "lab2"}, groups={"lab2": {"hosts": ["h1", "h2"]}})[0])
@@ -95,7 +101,7 @@ def test_named_head_and_address_and_the_head_check(tmp_path):
     plans, _ = compile_course(tmp_path, {"clusters_head": "h3", "clusters_address": "172.31.0.9"})
     assert services(plans["h3"])["ipcontroller"] == (True, True)
     assert services(plans["h1"])["ipcontroller"] == (False, False)
-    engine = json.loads(files(plans["h1"])[f"{SECURITY}/ipcontroller-engine.json"].content)
+    engine = json.loads(files(plans["h1"])[f"{SECURITY}/fleet-cluster-engine.json"].content)
     assert engine["interface"] == "tcp://172.31.0.9"
     verify = [v for _, v in plans["h3"].verifies if v.name.startswith("cluster lab")]
     assert len(verify) == 1 and verify[0].every_run and verify[0].user == "student"
@@ -145,7 +151,7 @@ def test_on_aws_engines_reach_the_heads_private_address(tmp_path):
     """The aws inventory gives each host its private_ip: the cluster's group only matches VPC traffic."""
     hosts = dict(HOSTS, h1={"address": "198.51.100.11", "user": "ubuntu", "vars": {"private_ip": "172.31.7.7"}})
     plans, _ = compile_course(tmp_path, hosts=hosts, names=["h2"])
-    engine = json.loads(files(plans["h2"])[f"{SECURITY}/ipcontroller-engine.json"].content)
+    engine = json.loads(files(plans["h2"])[f"{SECURITY}/fleet-cluster-engine.json"].content)
     assert engine["interface"] == "tcp://172.31.7.7" and engine["location"] == "172.31.7.7"
     config = files(compile_course(tmp_path, hosts=hosts, names=["h1"])[0]["h1"])["/etc/ipyparallel/cluster.py"]
     assert 'c.IPController.engine_ip = "172.31.7.7"' in config.content.decode()
@@ -176,4 +182,4 @@ def test_engines_script_runs_n_engines_and_gives_each_a_gpu_in_turn(tmp_path, gp
         time.sleep(0.05)
     lines = out.read_text().splitlines()
     assert sorted(line.split()[0] for line in lines) == seen
-    assert all(line.split()[1:] == ["--profile=default"] for line in lines)
+    assert all(line.split()[1:] == ["--profile=default", f"--file={SECURITY}/fleet-cluster-engine.json"] for line in lines)

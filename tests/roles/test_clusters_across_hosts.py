@@ -114,7 +114,7 @@ def test_ports_keys_and_file_modes(course):
     head, w1, _, _ = hosts
     assert sh(head, "stat -c '%U:%G %a' /etc/ipyparallel/cluster.py").stdout.strip() == "root:student 640"
     for host in (head, w1):
-        assert sh(host, f"stat -c '%U %a' {SECURITY} {SECURITY}/ipcontroller-engine.json").stdout.split() == \
+        assert sh(host, f"stat -c '%U %a' {SECURITY} {SECURITY}/fleet-cluster-engine.json").stdout.split() == \
             ["student", "700", "student", "600"]
         assert sh(host, "systemctl show -p User --value ipengines").stdout.strip() == "student"
     pinned = [a for a in listening(head) if int(a.rsplit(":", 1)[1]) in range(10000, 11000)]
@@ -149,7 +149,7 @@ def _rogue_engine(outside, head, connection: dict, seconds: int = 25) -> int:
 def test_a_host_outside_without_the_keys_cannot_register_or_submit(course):
     hosts, _, _, _ = course
     head, w1, _, outside = hosts
-    real = json.loads(sh(w1, f"cat {SECURITY}/ipcontroller-engine.json").stdout)
+    real = json.loads(sh(w1, f"cat {SECURITY}/fleet-cluster-engine.json").stdout)
     zmq_keys = f"{VENV}/python -c 'import zmq; p, s = zmq.curve_keypair(); print(p.decode())'"
     guessed = dict(real, key="0" * 64, curve_serverkey=sh(outside, zmq_keys).stdout.strip())
     plain = dict(real, key="", curve_serverkey=None)
@@ -225,7 +225,7 @@ def test_a_worker_taken_out_is_retired_and_put_back(course):
     assert run.rc == 0, run.output[-4000:]
     assert set(changed_steps(run.report, w2.name)) == {
         "service ipengines", "absent /etc/systemd/system/ipengines.service", "absent /usr/local/lib/jupyter-fleet-ipengines",
-        f"absent {SECURITY}/ipcontroller-engine.json"}
+        f"absent {SECURITY}/fleet-cluster-engine.json"}
     assert sh(w2, "systemctl is-active ipengines", check=False).stdout.strip() == "inactive"
     wait_for(lambda: engine_count(head) == 3, timeout=120, interval=3)   # its engines' heartbeats stop
     data["groups"]["lab"]["hosts"] = [head.name, w1.name, w2.name]
