@@ -161,7 +161,7 @@ ns = Collection(provision, check, facts, vars, tunnel, handout, students, lock, 
 try:
     from fleet.aws import tasks as tasks_cloud  # launch, status, stop, start, terminate, snapshot, bake, images (boto3)
 
-    for name in ("launch", "status", "stop", "start", "terminate", "snapshot", "bake", "images_"):
+    for name in ("launch", "status", "stop", "start", "terminate", "snapshot", "bake", "images_", "cluster_network"):
         if hasattr(tasks_cloud, name):
             ns.add_task(getattr(tasks_cloud, name), name=name.rstrip("_"))
 except ImportError as exc:  # keep the local commands usable while cloud parts are missing

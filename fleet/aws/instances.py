@@ -245,7 +245,8 @@ def inventory_hosts(
             "address": address,
             "user": user,
             "key": keyfile,
-            "vars": {"instance_type": inst.type, "gpu": inst.gpu, "instance_id": inst.id},
+            "vars": {"instance_type": inst.type, "gpu": inst.gpu, "instance_id": inst.id,
+                     "private_ip": inst.private_ip or ""},  # clusters: members talk over the VPC
         }
         groups["gpu" if inst.gpu else "cpu"]["hosts"].append(name)
     return {"hosts": hosts, "groups": groups}

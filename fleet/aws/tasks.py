@@ -361,3 +361,29 @@ def images_(c, course=None, inventory=None, region=None, prune=False):
     table.add_row("total", f"{len(found)} images", "", "", "", "", f"{sum(i.size_gib for i in found)} GiB",
                   _money(images.monthly_cost(found)))
     out.print(table)
+
+
+@task(name="cluster_network", help={
+    "course": "course name", "cluster": "the cluster's name: its inventory group (clusters_group)",
+    "members": "its instances by name, comma separated (the group's hosts)",
+    "ports": "the controller's port range, as clusters_ports (default 10101-10120)",
+    "region": "AWS region (default: from your profile)"})
+def cluster_network(c, course=None, cluster=None, members=None, ports="10101-10120", region=None):
+    """Open a cluster's pinned ports between its member instances only (a security group of its own)."""
+    from fleet.aws.clusters import open_cluster
+
+    course = _need(course)
+    if not cluster or not members:
+        raise Exit("error: --cluster and --members are required", 1)
+    try:
+        first, last = (int(p) for p in ports.split("-"))
+    except ValueError:
+        raise Exit(f"error: --ports expects FIRST-LAST, got {ports!r}", 1) from None
+    try:
+        group_id, changed = open_cluster(course, cluster, [m.strip() for m in members.split(",") if m.strip()],
+                                         (first, last), region)
+    except cloud.CloudError as exc:
+        raise Exit(f"cluster-network failed: {exc}", 1) from None
+    _console().print(f"cluster {cluster}: group {group_id} opens tcp {first}-{last} between its members only; "
+                     f"attached: {', '.join(changed['attached']) or 'none'}; "
+                     f"detached: {', '.join(changed['detached']) or 'none'}")

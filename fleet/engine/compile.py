@@ -80,6 +80,12 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
         roleset.check_names(only_roles, "--roles")
     plans: dict[str, HostPlan] = {}
     errors: list[InputError] = []
+    peers: dict[str, HostVars] = {}
+
+    def peer_vars(other: str) -> HostVars:
+        if other not in peers:
+            peers[other] = HostVars.from_merged(host_vars(inventory, other, roleset, overrides, secrets))
+        return peers[other]
     for name in hosts:
         host = inventory.hosts[name]
         if host.key and not os.access(Path(host.key).expanduser(), os.R_OK):
@@ -106,7 +112,7 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
                     if rule.get("secret") and values.get(knob):
                         masker.add(values[knob])
             plans[name] = _role_steps(name, inventory.hosts[name], values, roles, all_roles, roleset, templates,
-                                      resolver, secrets)
+                                      resolver, secrets, inventory, peer_vars)
             for _, step in plans[name].steps:   # e.g. a repository URL's password
                 for value in step.secrets():
                     masker.add(value)
@@ -114,6 +120,7 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
             errors += exc.errors
         except InputError as exc:
             errors.append(exc)
+    errors += _cross_host_checks(inventory, plans, roleset)
     if errors:
         unique = list({str(e): e for e in errors}.values())
         raise unique[0] if len(unique) == 1 else InputErrors(unique)
@@ -124,13 +131,26 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
     return plans
 
 
+def _cross_host_checks(inventory: Inventory, plans: dict[str, HostPlan], roleset: RoleSet) -> list[InputError]:
+    """A role may define `check_hosts(inventory, {host: vars})` for rules that span hosts (one cluster per host)."""
+    errors: list[InputError] = []
+    for role in roleset.roles.values():
+        using = {n: p.vars for n, p in plans.items() if role.name in (p.vars.get("roles") or [])}
+        check = getattr(role.module, "check_hosts", None) if using else None
+        if check:
+            errors += check(inventory, using)
+    return errors
+
+
 def _role_steps(name: str, host, values: HostVars, roles: list[str], all_roles: list[str], roleset: RoleSet,
-                templates: Templates, resolver: RefResolver, secrets: CourseSecrets) -> HostPlan:
+                templates: Templates, resolver: RefResolver, secrets: CourseSecrets,
+                inventory: Inventory | None = None, peer_vars=None) -> HostPlan:
     """Steps and verifications of the selected roles; handlers of all the host's roles, so a
     `--roles mxnet` run that changes the venv still restarts the jupyter role's server."""
     plan = HostPlan(host=host, vars=values, roles=roles)
     for role in dict.fromkeys(roles + all_roles):
-        ctx = RoleContext(role=role, vars=values, templates=templates, resolver=resolver, host=name, secrets=secrets)
+        ctx = RoleContext(role=role, vars=values, templates=templates, resolver=resolver, host=name, secrets=secrets,
+                          inventory=inventory, peer_vars=peer_vars)
         try:
             items = roleset.roles[role].module.steps(values, ctx)
         except InputError as exc:

@@ -218,6 +218,8 @@ class RoleContext:
     resolver: Any
     host: str
     secrets: Any = None
+    inventory: Any = None  # the whole inventory, for roles that span hosts (e.g. a cluster's group and head)
+    peer_vars: Any = None  # host name -> that host's HostVars (resolved on demand, cached)
 
     def fail(self, key: str, message: str) -> InputError:
         """An error about a knob's value, naming the file that set it."""

@@ -1,12 +1,17 @@
-"""IPython clusters: ipyparallel with its server and JupyterLab extensions and a default profile."""
+"""IPython clusters: ipyparallel with its server and JupyterLab extensions and a default profile;
+and, for hosts in `clusters_group`, one cluster across machines: the controller on the head,
+engines on every member, all as systemd services of the course user (see README, Clusters across
+machines)."""
 from __future__ import annotations
 
 import json
 
 from fleet.engine.roles import RoleContext
-from fleet.engine.steps import Directory, File, Pip, Verify
+from fleet.engine.steps import Absent, Command, Directory, File, Handler, Pip, Service, Verify, reload_if_changed
 from fleet.inventory.variables import HostVars
 from fleet.shell import q
+from roles.clusters import curve, topology
+from roles.clusters.topology import Cluster, check_hosts  # noqa: F401 (check_hosts: compile's cross-host rule)
 
 CHECK = """
 import os
@@ -24,11 +29,44 @@ finally:
     cluster.stop_cluster_sync()
 """
 
+# On the head: every member's engines answer, counted by the inventory host they say they run on.
+COUNT = """
+import collections, sys, time
+import ipyparallel as ipp
+expected = {expected}  # host -> engines; 0 = one per CPU (at least one)
+client = ipp.Client(profile={profile}, timeout=20)
+deadline = time.monotonic() + {wait}
+while True:
+    seen = collections.Counter()
+    if client.ids:
+        try:
+            seen.update(client[:].apply_async(lambda: __import__("os").environ.get("FLEET_HOST")).get(timeout=10))
+        except Exception:  # an engine that registered but died: wait for the unit to restart it
+            seen["?"] += 1
+    short = {{h: n for h, n in expected.items() if seen[h] < max(n, 1) or (n and seen[h] != n)}}
+    if not short or time.monotonic() > deadline:
+        break
+    time.sleep(1)
+    client.close()
+    client = ipp.Client(profile={profile}, timeout=20)
+report = ", ".join(f"{{h}} {{seen[h]}}/{{n or 'cpus'}}" for h, n in expected.items())
+print(f"cluster {group}: {{sum(seen.values())}} engines ({{report}})")
+sys.exit(1 if short else 0)
+"""
+
+CONTROLLER, ENGINES = "ipcontroller", "ipengines"
+# The engines' file has a name of Fleet's own: the panel's local clusters write ipcontroller-engine.json.
+# The client file must keep ipyparallel's default name, which `ipp.Client()` looks for.
+ENGINE_FILE, CLIENT_FILE, HEAD_MARK = "fleet-cluster-engine.json", "ipcontroller-client.json", "fleet-cluster-head"
+CONFIG_DIR = "/etc/ipyparallel"
+SCRIPT = "/usr/local/lib/jupyter-fleet-ipengines"
+
 
 def steps(v: HostVars, ctx: RoleContext) -> list:
     user, home = v.jupyter_user, f"/home/{v.jupyter_user}"
     profile_dir = f"{home}/.ipython/profile_{v.clusters_profile}"
     extension = {"ServerApp": {"jpserver_extensions": {"ipyparallel": True}}}
+    cluster = topology.resolve(v, ctx.inventory, ctx.fail, ctx.peer_vars)
     return [
         Pip(v.jupyter_venv, [f"ipyparallel=={v.clusters_version}"], python=v.jupyter_python, notify=("restart jupyter",)),
         # Enabled in /etc as well as by the wheel, so the sidebar survives a venv rebuilt without it.
@@ -41,4 +79,89 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
         Verify("a 2-engine cluster runs a task on both engines",
                f"cd {q(home)} && {q(v.jupyter_venv + '/bin/python')} - <<'PY'\n"
                f"{CHECK.format(profile=json.dumps(v.clusters_profile))}PY", user=user),
+        *across_machines(v, ctx, cluster, profile_dir),
     ]
+
+
+def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, profile_dir: str) -> list:
+    """A member's engines (and the head's controller); on any other host, whatever a cluster left is retired."""
+    user = v.jupyter_user
+    security = f"{profile_dir}/security"
+    engine_file, client_file, mark = f"{security}/{ENGINE_FILE}", f"{security}/{CLIENT_FILE}", f"{security}/{HEAD_MARK}"
+    config = f"{CONFIG_DIR}/cluster.py"
+    is_head = cluster is not None and cluster.head == v.inventory_hostname
+    items: list = []
+    if cluster is not None:
+        keys = _keys(ctx, cluster)
+        values = dict(v, cluster=cluster, config=config, script=SCRIPT, engine_file=engine_file, engines=v.clusters_engines or "$(nproc)",
+                      engines_said=f"{v.clusters_engines} engines" if v.clusters_engines else "One engine per CPU")
+        items += [
+            # ipyparallel makes this folder 0700 too: connection files are the course user's alone.
+            Directory(security, mode="0700", user=user),
+            File(engine_file, _connection(cluster, keys, "engine"), mode="0600", secret=True, user=user,
+                 notify=(f"restart {ENGINES}",) + ((f"restart {CONTROLLER}",) if is_head else ())),
+        ]
+        if is_head:
+            items += [
+                File(client_file, _connection(cluster, keys, "client"), mode="0600", secret=True, user=user,
+                     notify=(f"restart {CONTROLLER}",)),
+                # Says the client file is Fleet's, so a host that stops being the head removes it (and no other).
+                File(mark, f"{cluster.group}\n", mode="0600", user=user),
+                Directory(CONFIG_DIR, mode="0755"),
+                ctx.template_with("ipcontroller_cluster.py.j2", config, dict(values, **keys,
+                                  internal_ports=cluster.internal_ports()), owner="root", group=user, mode="0640",
+                                  secret=True, notify=(f"restart {CONTROLLER}",)),
+                ctx.template_with("ipcontroller.service.j2", f"/etc/systemd/system/{CONTROLLER}.service", values,
+                                  notify=(f"restart {CONTROLLER}",)),
+                Service(CONTROLLER, enabled=True, running=True),
+            ]
+        items += [
+            ctx.template_with("ipengines.sh.j2", SCRIPT, values, mode="0755", notify=(f"restart {ENGINES}",)),
+            ctx.template_with("ipengines.service.j2", f"/etc/systemd/system/{ENGINES}.service", values,
+                              notify=(f"restart {ENGINES}",)),
+            Service(ENGINES, enabled=True, running=True),
+        ]
+    if not is_head:  # retire a controller this host ran as an earlier head
+        items += [Service(CONTROLLER, enabled=False, running=False),
+                  Absent(f"/etc/systemd/system/{CONTROLLER}.service", reason="not this cluster's head"),
+                  Absent(config, reason="not this cluster's head"),
+                  # Only a client file Fleet wrote: one of a local cluster the student started is theirs.
+                  Command(f"rm -f -- {q(client_file)} {q(mark)}", unless=f"test ! -e {q(mark)}", user=user,
+                          label=f"retire {client_file} (not this cluster's head)")]
+    if cluster is None:  # retire engines of a cluster this host left
+        items += [Service(ENGINES, enabled=False, running=False),
+                  Absent(f"/etc/systemd/system/{ENGINES}.service", reason="not in a cluster"),
+                  Absent(SCRIPT, reason="not in a cluster"),
+                  Absent(engine_file, reason="not in a cluster", user=user)]
+    for unit in (CONTROLLER, ENGINES):
+        items.append(Handler(f"restart {unit}", f"{reload_if_changed(unit)} && systemctl restart {q(unit)}", unit=unit))
+    if is_head:
+        expected = {m: int(ctx.peer_vars(m).clusters_engines or 0) if ctx.peer_vars else 0 for m in cluster.members}
+        script = COUNT.format(expected=json.dumps(expected), profile=json.dumps(v.clusters_profile),
+                              group=cluster.group, wait=int(v.clusters_wait))
+        items.append(Verify(f"cluster {cluster.group}: every member's engines answer the head",
+                            f"cd /home/{user} && {q(v.jupyter_venv + '/bin/python')} - <<'PY'\n{script}PY",
+                            user=user, every_run=True))
+    return items
+
+
+def _keys(ctx: RoleContext, cluster: Cluster) -> dict[str, str]:
+    """The cluster's keys, from the course secret: the same on every run and on every member."""
+    name = f"cluster:{cluster.group}"
+    seed = bytes.fromhex(ctx.secrets.host_secret(name, "ipyparallel-curve", 64))
+    public, secret = curve.keypair(seed)
+    session = ctx.secrets.host_secret(name, "ipyparallel-session", 64)
+    for value in (public, secret):
+        ctx.secrets.masker.add(value)
+    return {"public": public, "secret": secret, "session_key": session}
+
+
+def _connection(cluster: Cluster, keys: dict[str, str], side: str) -> str:
+    """ipyparallel's connection file, as its controller writes it (controller/app.py, init_hub)."""
+    # Engines reach the head's address; clients only its loopback: work is submitted on the head.
+    interface = cluster.address if side == "engine" else "127.0.0.1"
+    data = {"ssh": "", "interface": f"tcp://{interface}",
+            **(cluster.engine_ports() if side == "engine" else {**cluster.client_ports(), "task_scheme": "leastload"}),
+            "key": keys["session_key"], "curve_serverkey": keys["public"], "location": cluster.address,
+            "pack": "json", "unpack": "json", "signature_scheme": "hmac-sha256"}
+    return json.dumps(data, indent=2) + "\n"
