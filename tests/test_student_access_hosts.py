@@ -175,13 +175,16 @@ def test_a_students_bundle_checks_her_machines_key_and_opens_her_login(course, t
     argv = shlex.split((folder / "tunnel.sh").read_text().splitlines()[-1].removeprefix("exec "))
     assert argv[1:5] == ["-o", "UserKnownHostsFile=known_hosts", "-o", "StrictHostKeyChecking=yes"]
     # Her ssh, as the bundle runs it, accepts the machine only by the recorded key, then meets her key's limits.
-    dest = argv.index("--")
-    attempt = subprocess.run(["ssh", "-o", "BatchMode=yes", *argv[1:dest], "-T", *argv[dest:], "true"], cwd=folder,
-                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    # The bundle's own options and key, a command in place of the tunnel (-N and -L dropped).
+    forward = argv.index("-L")
+    login_argv = [a for i, a in enumerate(argv) if a != "-N" and i not in (forward, forward + 1)]
+    dest = login_argv.index("--")
+    attempt = subprocess.run(["ssh", "-o", "BatchMode=yes", *login_argv[1:dest], "-T", *login_argv[dest:], "true"],
+                             cwd=folder, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert attempt.returncode == 1 and "opens only the tunnel to your Jupyter" in attempt.stdout, attempt
     (folder / "known_hosts").write_text("")   # without the recorded key, strict checking refuses the machine
-    refused = subprocess.run(["ssh", "-o", "BatchMode=yes", *argv[1:dest], "-T", *argv[dest:], "true"], cwd=folder,
-                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    refused = subprocess.run(["ssh", "-o", "BatchMode=yes", *login_argv[1:dest], "-T", *login_argv[dest:], "true"],
+                             cwd=folder, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert refused.returncode == 255 and "Host key verification failed" in refused.stderr, refused
 
 
