@@ -127,7 +127,7 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
                   Absent(config, reason="not this cluster's head"),
                   # Only a client file Fleet wrote: one of a local cluster the student started is theirs.
                   Command(f"rm -f -- {q(client_file)} {q(mark)}", unless=f"test ! -e {q(mark)}", user=user,
-                          label=f"retire {client_file} (not this cluster's head)")]
+                          writes=(client_file, mark), label=f"retire {client_file} (not this cluster's head)")]
     if cluster is None:  # retire engines of a cluster this host left
         items += [Service(ENGINES, enabled=False, running=False),
                   Absent(f"/etc/systemd/system/{ENGINES}.service", reason="not in a cluster"),
