@@ -116,8 +116,12 @@ def test_port_change_on_one_host_restarts_only_that_host(course):
     pids = {h.name: main_pid(h) for h in hosts}
     run = fleet("provision", state=state, inventory=inventory)
     assert run.rc == 0, run.output
-    assert changed_steps(run.report, one.name) == ["template jupyter_server_config.py.j2 -> /etc/jupyter/jupyter_server_config.py"]
-    assert run.report["hosts"][one.name]["handlers"] == ["restart jupyter"]
+    # The server's config, and the student's tunnel follows the port: sshd's PermitOpen and the key's permitopen.
+    assert changed_steps(run.report, one.name) == [
+        "template sshd_course_user.conf.j2 -> /etc/ssh/sshd_config.d/50-jupyter-fleet.conf",
+        "file /etc/ssh/jupyter-fleet-keys/student",
+        "template jupyter_server_config.py.j2 -> /etc/jupyter/jupyter_server_config.py"]
+    assert run.report["hosts"][one.name]["handlers"] == ["reload sshd", "restart jupyter"]
     assert changed_steps(run.report, other.name) == [] and run.report["hosts"][other.name]["handlers"] == []
     assert main_pid(other) == pids[other.name] and main_pid(one) != pids[one.name]
     token = tokens(state, inventory)[one.name]["url"].split("token=")[1]
@@ -142,7 +146,7 @@ def test_student_work_survives_a_repair_byte_for_byte(course, git_server):  # no
     assert hashlib.sha256(sh(student, f"cat {readme}").stdout.encode()).hexdigest() == before
     assert sh(student, "test -e /home/student/notebooks/course/week2/more.md", check=False).returncode != 0
     # The clean checkout on the other host moved to the new commit.
-    assert sh(clean, "git -C /home/student/notebooks/course rev-parse HEAD").stdout.strip() == new_sha
+    assert sh(clean, "runuser -u student -- git -C /home/student/notebooks/course rev-parse HEAD").stdout.strip() == new_sha
     assert any(s["name"].startswith("git ") for s in run.report["hosts"][clean.name]["steps"]
                if s["status"] == "changed")
 
