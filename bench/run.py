@@ -5,7 +5,7 @@ measured through the real CLI as a user runs it.
 Workload (issue 7): apt python3-venv and git; a venv at /opt/jupyter with notebook and
 ipyparallel; the Jupyter config and unit from templates with per-host values; the service
 enabled, running and restarted on change; a git repo served from the controller cloned to
-/home/ubuntu/course; /home/ubuntu/notebooks owned by ubuntu, mode 0755.
+/home/student/course; /home/student/notebooks owned by the course user `student`, mode 0755.
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def serve_repo(root: Path) -> tuple[subprocess.Popen, str]:
 
 def workload_vars(url: str) -> dict:
     return {"roles": ["jupyter", "repos"], "jupyter_extra_packages": ["ipyparallel==9.2.0"],
-            "repos_base": "/home/ubuntu", "repos_list": [{"url": url, "dest": "course", "ref": "main"}]}
+            "repos_base": "/home/student", "repos_list": [{"url": url, "dest": "course", "ref": "main"}]}
 
 
 def write_inventory(hosts, path: Path, url: str) -> None:
@@ -238,11 +238,11 @@ def drift(hosts, state: Path, inventory: Path) -> dict:
     victims = hosts[1:4]
     for h in victims:
         h.run("sudo -n bash -c 'echo \"# drift\" >> /etc/jupyter/jupyter_server_config.py && "
-              "systemctl stop jupyter && rm -rf /home/ubuntu/course'")
+              "systemctl stop jupyter && rm -rf /home/student/course'")
     run = provision(state, inventory)
     changed = sorted(h for h, r in run["report"]["hosts"].items() if r["status"] == "changed")
     api_ok = all(all(v["ok"] for v in r["verifies"]) and r["verifies"] for r in run["report"]["hosts"].values())
-    repaired = all(h.run("test -d /home/ubuntu/course/.git && systemctl is-active -q jupyter && "
+    repaired = all(h.run("test -d /home/student/course/.git && systemctl is-active -q jupyter && "
                          "! grep -q drift /etc/jupyter/jupyter_server_config.py", check=False).returncode == 0
                    for h in victims)
     return {"hosts": len(hosts), "drifted": [h.name for h in victims], "seconds": round(run["wall"], 2),
