@@ -23,6 +23,7 @@ from roles.mxnet.gpu import (
     parse_compute_cap, parse_cuda_version_json, parse_cuda_version_txt, parse_gpu_probe,
     parse_nvcc_version, parse_query_rows, parse_smi_header, readiness_report, split_sections,
 )
+from tests.skips import requires
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "gpu"
@@ -545,7 +546,7 @@ def test_script_is_executable_python3() -> None:
     assert SCRIPT.read_text().startswith("#!/usr/bin/env python3\n")
 
 
-@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU driver")
+@requires(shutil.which("nvidia-smi") is None, "this machine has a GPU driver: the no-GPU case cannot be shown on it")
 def test_script_on_this_cpu_machine() -> None:
     done = gpu_check()
     assert done.returncode == 0, done.stderr

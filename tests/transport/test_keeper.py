@@ -21,6 +21,7 @@ from fleet.transport import keeper, keeperd, wire
 from fleet.transport.base import ConnectOptions, Unreachable
 from fleet.transport.connection import connect
 from tests.fixtures import fleet
+from tests.skips import requires
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_a_socket_folder_others_can_enter_is_refused(tmp_path, monkeypatch):
         keeper.socket_path(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+@requires(os.geteuid() == 0, "switching to another user needs root")
 def test_another_user_cannot_reach_the_socket(state):
     keeper._keeper_socket(state, persist=60).close()
     path = keeper.socket_path(state)
