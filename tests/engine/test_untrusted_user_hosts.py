@@ -231,13 +231,19 @@ STUDENT_ERRORS = ("No such file", "Permission denied", "Not a directory", "Opera
 RACED = (f"{CONFIG} exists and is a symbolic link, not a file", f"{PROFILE} exists and is a symbolic link, not a directory")
 
 
+def vanished(message: str) -> bool:
+    """A fact read (as the student) while the loop removed the file between its test and its stat."""
+    return (message.startswith(("could not read fact content@student:", "could not read fact stat@student:"))
+            and (CONFIG in message or PROFILE in message) and "No such file or directory" in message)
+
+
 def race_outcome(run, host: str) -> tuple[int, bool]:
     """The exit code a run's report calls for (provision or check), and whether it met a link."""
     result = run.report["hosts"][host]
     messages = [s["message"] for s in result["steps"] if s["status"] == "failed"]
     for message in messages:   # a refusal, or an error of the student's own rights: never root's guard
         assert message in RACED or (": failed (exit " in message and "root does not write" not in message
-                                    and any(e in message for e in STUDENT_ERRORS)), message
+                                    and any(e in message for e in STUDENT_ERRORS)) or vanished(message), message
     broken = any(not v["ok"] for v in result["verifies"])     # the student broke their own profile
     if run.report["check"]:      # check: a failing check is drift, as a step that would change is
         drift = broken or any(s["status"] == "would change" for s in result["steps"])
