@@ -237,9 +237,13 @@ def vanished(message: str) -> bool:
             and (CONFIG in message or PROFILE in message) and "No such file or directory" in message)
 
 
-def race_outcome(run, host: str) -> tuple[int, bool]:
-    """The exit code a run's report calls for (provision or check), and whether it met a link."""
+def race_outcome(run, host: str) -> tuple[int, bool, bool]:
+    """The exit code a run's report calls for (provision or check), whether its probe met a link,
+    and whether it applied a change to the config or its folder while the loop ran."""
     result = run.report["hosts"][host]
+    applied = any((CONFIG in s["name"] or PROFILE in s["name"]) and
+                  (s["status"] == "changed" or (s["status"] == "failed" and ": failed (exit " in s["message"]))
+                  for s in result["steps"])
     messages = [s["message"] for s in result["steps"] if s["status"] == "failed"]
     for message in messages:   # a refusal, or an error of the student's own rights: never root's guard
         assert message in RACED or (": failed (exit " in message and "root does not write" not in message
@@ -250,36 +254,40 @@ def race_outcome(run, host: str) -> tuple[int, bool]:
         rc = 2 if messages else 4 if drift else 0
     else:
         rc = 2 if messages or broken else 0
-    return rc, any(m in RACED for m in messages)
+    return rc, any(m in RACED for m in messages), applied
 
 
 def test_links_swapped_in_a_loop_during_runs(course):
     """The student races the runs: between the probe and the apply, the config and its folder
     flip between a drifted file and links to root's files. The loop counts its rounds; each run
-    must have raced it, and the runs go on until one met a link (at most 8)."""
+    must have raced it, and the runs go on until one met a link in the probe and one applied a
+    change while the loop ran (at most 8 runs)."""
     host, _, _ = course
     loop = (f"n=0; while :; do rm -f {CONFIG}; echo 'c = 0' > {CONFIG}; rm -f {CONFIG}; ln -s /etc/fleet-victim {CONFIG}; "
             f"mv -T {PROFILE} {PROFILE}.away 2>/dev/null && ln -sfn /etc/fleet-victim-dir {PROFILE} && "
             f"rm -f {PROFILE} && mv -T {PROFILE}.away {PROFILE}; n=$((n+1)); echo $n > {RACE_COUNT}; done")
     sh(host, f"rm -f {RACE_COUNT}; setsid -f runuser -u student -- bash -c {shlex.quote(loop)} >/dev/null 2>&1 < /dev/null")
     rounds = lambda: int(sh(host, f"cat {RACE_COUNT} 2>/dev/null || echo 0").stdout.strip() or 0)  # noqa: E731
-    met = []
+    met, applied = [], []
     try:
         wait_for(lambda: rounds() > 0, timeout=30)
         for args in (("check",), *[("provision",)] * 7):
             before = rounds()
             run = run_and_snapshot(course, *args)
             assert rounds() > before, f"the loop did not swap during {args}"
-            rc, met_link = race_outcome(run, host.name)
-            print(f"race: {args[0]}: {rounds() - before} rounds, exit {run.rc}, met a link: {met_link}")
+            rc, met_link, changed = race_outcome(run, host.name)
+            print(f"race: {args[0]}: {rounds() - before} rounds, exit {run.rc}, met a link: {met_link}, "
+                  f"applied: {changed}")
             assert run.rc == rc, (rc, run.output)
             met.append(met_link)
-            if met_link and len(met) >= 2:
+            applied.append(changed)
+            if any(met) and any(applied):
                 break
     finally:
         sh(host, "pkill -u student -f fleet-race.count; true")
         wait_for(lambda: sh(host, "pgrep -u student -f fleet-race.count", check=False).returncode == 1, timeout=10)
     assert any(met), "no run met a link: the race was never run"
+    assert any(applied), "no run applied a change while the loop ran"
     as_student(host, UNDO + f"; [ -d {PROFILE} ] || mv -T {PROFILE}.away {PROFILE}; rm -rf {PROFILE}.away")
     repair = run_and_snapshot(course, "provision")
     assert repair.rc == 0, repair.output
