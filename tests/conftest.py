@@ -1,7 +1,8 @@
 """Shared fixtures: real Debian 12 test hosts (see fleet/testhosts/).
 
 Integration fixtures skip where hosts cannot be booted (not root, tools missing), except
-in CI (CI=true), where integration tests must run: there they fail loudly instead.
+in CI (CI=true), where integration tests must run: there they fail loudly instead. Every
+skip goes through tests/skips.py, which does that.
 """
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ import pytest
 
 from fleet.testhosts import hosts as testhosts
 from fleet.testhosts.hosts import TestHost
+from tests.skips import require
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hosts: integration tests that boot real Debian 12 hosts (need root)")
+    config.addinivalue_line("markers", "requires(met, reason): skip, or fail under CI=true, unless met (tests/skips.py)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        require(mark.kwargs["met"], mark.kwargs["reason"], test=item.nodeid)
 
 
 def _why_no_hosts() -> str | None:
@@ -30,11 +38,7 @@ def _why_no_hosts() -> str | None:
 
 def _require_hosts() -> None:
     reason = _why_no_hosts()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI must run the integration tests, but: {reason}", pytrace=False)
-    pytest.skip(reason)
+    require(reason is None, reason or "booting test hosts")
 
 
 @pytest.fixture(scope="session", autouse=True)

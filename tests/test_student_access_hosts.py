@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 import yaml
 
+from fleet.engine.remote import USER_READ_S
 from fleet.testhosts import hosts as testhosts
 from tests.fixtures import fleet, free_port, git_server, sh, wait_port  # noqa: F401 (fixture)
 from tests.jupyter_ws import Jupyter, forwarding
@@ -234,7 +235,7 @@ def test_reading_a_checkout_as_the_student_is_bounded(course):
         assert run.rc == 2, run.output
         steps = {s["name"]: s for s in run.report["hosts"][a.name]["steps"]}
         clone = next(s for name, s in steps.items() if "course" in name and s["status"] == "failed")
-        assert "took over 10 s and was stopped" in clone["message"], clone
+        assert f"took over {USER_READ_S} s and was stopped" in clone["message"], clone
         assert run.report["hosts"][b.name]["status"] == "ok"   # the classmate's host is not held
         assert elapsed < 300, elapsed   # seconds, not the 30-minute command timeout
     finally:

@@ -18,7 +18,7 @@ from fleet.engine.steps import KEPT, STATE_DIR, Handler, Outcome, Step, Verify, 
 from fleet.shell import as_user, q
 
 # Seconds a fact read as a course user may take (see __read_as), and what it says when stopped.
-USER_READ_S = 10
+USER_READ_S = 45   # above the 30 s bound on a user's batched hash (stat_batch), which frees a FIFO first
 READ_STOPPED = re.compile(r"^fleet: reading as \S+ took over \d+ s and was stopped.*$", re.M)
 
 PRELUDE = r"""
@@ -42,11 +42,11 @@ __read_as() {
   if [ -z "$found" ] && ! getent passwd "$1" >/dev/null; then echo ABSENT; return; fi
   out=$(mktemp) || return 1
   # The subshell keeps bash's own "Killed" notice out of the fact.
-  ( timeout -k 3 __USER_READ_S runuser -u "$1" -- bash -c "$2" >"$out" 2>&1 </dev/null ) 2>/dev/null
+  ( timeout -k 3 "$__URS" runuser -u "$1" -- bash -c "$2" >"$out" 2>&1 </dev/null ) 2>/dev/null
   rc=$?
   cat "$out"; rm -f "$out"
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    printf '\nfleet: reading as %s took over __USER_READ_S s and was stopped (a command the user planted?)\n' "$1"
+    printf '\nfleet: reading as %s took over %s s and was stopped (a command the user planted?)\n' "$1" "$__URS"
   fi
   return "$rc"
 }
@@ -64,7 +64,7 @@ __http_ok() {
   echo "GET $path on $host:$port: ${status:-no reply within 5 s}"
   return 1
 }
-""".replace("__USER_READ_S", str(USER_READ_S))
+"""
 
 # Functions a step's commands may call, as root or (inside a user's territory) as that user.
 STEP_FUNCTIONS = r"""
@@ -135,9 +135,10 @@ class Probe:
     facts: list[Fact]
     verifies: list[Verify]
     nonce: str = field(default_factory=_nonce)
+    user_read_s: int = USER_READ_S
 
     def script(self) -> str:
-        parts = [f"__N={self.nonce}", PRELUDE]
+        parts = [f"__N={self.nonce}", f"__URS={int(self.user_read_s)}", PRELUDE]
         for user, paths in self._stat_paths().items():
             parts.append(f"mark stats {user or ''}\n( {read_as(user, stat_batch(paths, bounded=bool(user)))}\n) 2>&1")
         for index, fact in enumerate(self.facts):
@@ -264,7 +265,7 @@ class Apply:
     nonce: str = field(default_factory=_nonce)
 
     def script(self) -> str:
-        parts = [f"__N={self.nonce}", PRELUDE, APPLY_FUNCTIONS]
+        parts = [f"__N={self.nonce}", f"__URS={USER_READ_S}", PRELUDE, APPLY_FUNCTIONS]
         for change in self.changes:
             markers = [h.marker for h in self.handlers if h.name in change.step.notify]
             # The pending marker is set before the change, so a cut mid-change still restarts next run.

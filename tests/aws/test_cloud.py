@@ -470,10 +470,34 @@ def test_wait_for_ssh_against_local_listener():
         listener.listen()
         port = listener.getsockname()[1]
         assert cloud.wait_for_ssh("127.0.0.1", port, timeout=5) is True
-    closed = _free_port()
-    started = time.monotonic()
-    assert cloud.wait_for_ssh("127.0.0.1", closed, timeout=1.0, interval=0.2) is False
-    assert time.monotonic() - started < 3
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for code under test: sleeping advances the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 100.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_wait_for_ssh_gives_up_when_its_time_runs_out(monkeypatch):
+    """A port that refuses: one attempt per interval until the timeout, never a sleep past it."""
+    from fleet.aws import common
+
+    clock, attempts = FakeClock(), []
+    real_connect = socket.create_connection
+    monkeypatch.setattr(common, "time", clock)
+    monkeypatch.setattr(common.socket, "create_connection",
+                        lambda address, timeout: attempts.append(timeout) or real_connect(address, timeout))
+    assert cloud.wait_for_ssh("127.0.0.1", _free_port(), timeout=1.0, interval=0.25) is False
+    assert attempts == [1.0, 0.75, 0.5, 0.25]    # each connect bounded by the time left
+    assert clock.sleeps == [0.25] * 4 and clock.now == 101.0
 
 
 def test_wait_for_ssh_sees_a_late_listener():

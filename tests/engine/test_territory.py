@@ -16,9 +16,10 @@ import pytest
 
 from fleet.engine.remote import Apply, Change, Probe
 from fleet.engine.steps import Absent, Command, Directory, File, Step, path_fact
+from tests.skips import requires
 
 NOBODY = 65534
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root and runuser")
+needs_root = requires(os.geteuid() == 0 and shutil.which("runuser") is not None, "needs root and runuser")
 
 
 @pytest.fixture

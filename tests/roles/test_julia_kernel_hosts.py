@@ -27,6 +27,7 @@ import pytest
 
 from fleet.testhosts import hosts as testhosts
 from tests.fixtures import changed_steps, fleet, free_port, sh, wait_port
+from tests.skips import require
 
 pytestmark = pytest.mark.hosts
 
@@ -122,8 +123,7 @@ def lab(hosts_factory, tmp_path_factory):
     testhosts.controller_setup()
     (host,) = hosts_factory(1)
     machine = sh(host, "uname -m").stdout.strip()
-    if machine not in ARCH:
-        pytest.skip(f"no official Julia tarball layout for {machine}")
+    require(machine in ARCH, f"no official Julia tarball layout for {machine}")
     state = tmp_path_factory.mktemp("julia")
     mirror = Mirror(state / "www", machine)
     try:

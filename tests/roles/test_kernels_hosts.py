@@ -84,7 +84,7 @@ def test_gpus_and_facts_tables(kernels):
     assert "mxnet" in row and "yes" in row, gpus.output  # no GPU: the CPU build, which can run
     facts = fleet("facts", state=state, inventory=inventory)
     assert facts.rc == 0, facts.output
-    assert "Debian GNU/Linux 12" in facts.output and "x86_64" in facts.output or "aarch64" in facts.output
+    assert "Debian GNU/Linux 12" in facts.output and ("x86_64" in facts.output or "aarch64" in facts.output), facts.output
 
 
 def test_kernel_environment_follows_the_gpu(kernels):

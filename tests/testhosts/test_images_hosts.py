@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import uuid
 
 import pytest
@@ -18,6 +19,7 @@ from fleet.testhosts import layers
 from tests.fixtures import changed_steps, fleet, git_server, sh  # noqa: F401 (fixture)
 from tests.testhosts.test_clean_bake_hosts import fleet_state
 from tests.jupyter_ws import Jupyter, ssh_tunnel
+from tests.skips import require
 
 pytestmark = pytest.mark.hosts
 
@@ -36,8 +38,7 @@ def host_key(host) -> str:
 
 @pytest.fixture(scope="module")
 def course(git_server, tmp_path_factory):  # noqa: F811
-    if testhosts.os.geteuid() != 0:
-        pytest.skip("booting test hosts needs root")
+    require(os.geteuid() == 0, "booting test hosts needs root")
     course_vars = {"roles": ROLES, "course_user": "student",
                    "repos_list": [{"url": git_server.url("course.git"), "dest": "course", "ref": "main"}]}
     booted: list[testhosts.TestHost] = []

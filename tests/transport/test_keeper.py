@@ -1,6 +1,7 @@
 """The SSH keeper's own life, without hosts: started on demand, private, answers only its
 protocol, retired when its code changed, gone when idle, stopped, or its state folder goes.
-(Reusing real SSH connections is tested on hosts in test_keeper_hosts.py.)"""
+(Reusing real SSH connections is tested below against a real SSH server on loopback, and on
+hosts in tests/engine/test_engine_hosts.py and tests/test_bench_hosts.py.)"""
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ from fleet.transport import keeper, keeperd, wire
 from fleet.transport.base import ConnectOptions, Unreachable
 from fleet.transport.connection import connect
 from tests.fixtures import fleet
+from tests.skips import requires
 
 
 @pytest.fixture
@@ -146,7 +148,7 @@ def test_a_socket_folder_others_can_enter_is_refused(tmp_path, monkeypatch):
         keeper.socket_path(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+@requires(os.geteuid() == 0, "switching to another user needs root")
 def test_another_user_cannot_reach_the_socket(state):
     keeper._keeper_socket(state, persist=60).close()
     path = keeper.socket_path(state)
@@ -228,15 +230,22 @@ def _process_gone(pid: int) -> bool:
         return True
 
 
-def test_a_command_between_open_and_run_keeps_an_idle_keeper_alive(state, sshd):
+def test_a_command_between_open_and_run_keeps_an_idle_keeper_alive(state, sshd, tmp_path):
     conn = keeper.KeptConnection(_host(sshd), _options(state), state, persist=1)
     conn.open()
     pid = _pid(state)
-    # The controller plans between its probe and its apply; here for longer than FLEET_SSH_PERSIST.
-    deadline = time.monotonic() + 2.5
-    while time.monotonic() < deadline:
+    # The controller plans between its probe and its apply, here for longer than FLEET_SSH_PERSIST:
+    # two keepers with the same persist, opened after ours and left idle, end one after the other;
+    # ours, whose connection is still open, must outlive both (ordering, not a clock).
+    for n in (1, 2):
+        witness_state = tmp_path / f"witness{n}"
+        witness_state.mkdir(mode=0o700)
+        witness = keeper.KeptConnection(_host(sshd), _options(witness_state), witness_state, persist=1)
+        witness.open()
+        witness_pid = _pid(witness_state)
+        witness.close()
+        assert _wait(lambda: _process_gone(witness_pid)), "an idle keeper with persist=1 did not end"
         assert not _process_gone(pid), "the keeper ended while a command held an open connection"
-        time.sleep(0.1)
     assert conn.run_script("echo still here") == (0, "still here\n")
     conn.close()
     assert _wait(lambda: _process_gone(pid)), "idle keeper did not exit after its last user left"

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from fleet.transport.ssh import SUDO_WITH_PASSWORD
+from tests.skips import require
 
 FAKE_SUDO = """#!/bin/bash
 # sudo's observable behaviour here: NEEDS_PASSWORD=1 is a login whose sudo asks.
@@ -31,8 +32,7 @@ exit 2
 @pytest.mark.parametrize("shell", ["bash", "dash"])
 @pytest.mark.parametrize("needs_password", ["1", "0"], ids=["sudo asks", "NOPASSWD"])
 def test_the_password_line_never_reaches_bash(tmp_path, shell, needs_password):
-    if not shutil.which(shell):
-        pytest.skip(f"{shell} is not installed")
+    require(shutil.which(shell) is not None, f"{shell} is not installed")
     (tmp_path / "sudo").write_text(FAKE_SUDO)
     (tmp_path / "sudo").chmod(0o755)
     script = "echo first-line-of-the-script\necho second\n"
