@@ -108,11 +108,12 @@ def home_content(steps: Iterable[Any]) -> dict[str, list[tuple[str, str]]]:
 def per_host_paths(values: Mapping[str, Any]) -> list[str]:
     """System files holding one machine's values, from the roles that write them."""
     from roles import autostop, jupyter  # the roles' own constants: they know where they write
+    from roles.jupyter import login
 
     roles = set(values.get("roles") or [])
     paths = ["/etc/ssh/ssh_host_*", "/var/lib/dbus/machine-id"]
-    if "jupyter" in roles:
-        paths.append(jupyter.CONFIG)
+    if "jupyter" in roles:   # the builder's student key too: a machine opens to its own student only
+        paths += [jupyter.CONFIG, f"{login.KEYS_DIR}/*"]
     if "autostop" in roles:
         paths += [autostop.TOKEN_FILE, autostop.STATE_FILE]
     return paths

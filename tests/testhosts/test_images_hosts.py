@@ -27,7 +27,9 @@ ROLES = ["jupyter", "repos", "clusters", "r_kernel"]
 CONFIG = "/etc/jupyter/jupyter_server_config.py"
 # What a machine booted from the image may change: its own token and config, and the server's
 # start (the bake's drop-in holds it until the config is there, so no restart is needed).
-PER_HOST_STEPS = {f"template jupyter_server_config.py.j2 -> {CONFIG}", "service jupyter"}
+# The config (its token) and the student's key are each machine's own; the image holds neither.
+PER_HOST_STEPS = {f"template jupyter_server_config.py.j2 -> {CONFIG}", "service jupyter",
+                  "file /etc/ssh/jupyter-fleet-keys/student"}
 VERIFIES = {"jupyter answers /api/status with the token", "a 2-engine cluster runs a task on both engines",
             "the ir kernelspec is visible to the Jupyter server"}
 
@@ -68,7 +70,7 @@ def test_the_layer_keeps_software_and_drops_per_host_files(course):
     for rel in ("etc/machine-id", "etc/hostname"):
         assert not (layer / rel).exists(), rel
     # removed in the upper dir: a whiteout (a 0/0 character device), or absent
-    for rel in ("etc/ssh/ssh_host_ed25519_key", CONFIG.lstrip("/")):
+    for rel in ("etc/ssh/ssh_host_ed25519_key", CONFIG.lstrip("/"), "etc/ssh/jupyter-fleet-keys/student"):
         path = layer / rel
         assert not path.exists() or (path.is_char_device() and path.stat().st_rdev == 0), rel
     assert (layer / f"etc/systemd/system/{imageprep.FIRST_BOOT_UNIT}").is_file()
