@@ -2,6 +2,7 @@
 all checked before a single connection is opened."""
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 from functools import partial
@@ -44,14 +45,20 @@ def login_user(host: Host) -> str:
     """The user Fleet logs in as: the inventory's, else ~/.ssh/config's, else the local login (as Fabric does)."""
     if host.user:
         return host.user
-    config = Path("~/.ssh/config").expanduser()
-    if config.is_file():
-        import paramiko
+    config = _ssh_config()
+    found = config.lookup(host.address).get("user") if config is not None else None
+    return found or getpass.getuser()
 
-        found = paramiko.SSHConfig.from_path(str(config)).lookup(host.address).get("user")
-        if found:
-            return found
-    return getpass.getuser()
+
+@functools.lru_cache(maxsize=1)
+def _ssh_config():
+    """~/.ssh/config, parsed once per process (compile asks for every host)."""
+    path = Path("~/.ssh/config").expanduser()
+    if not path.is_file():
+        return None
+    import paramiko
+
+    return paramiko.SSHConfig.from_path(str(path))
 
 
 def check_course_user(host: Host, values: HostVars, merged: dict[str, Var]) -> None:
