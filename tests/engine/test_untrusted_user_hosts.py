@@ -288,7 +288,10 @@ def test_links_swapped_in_a_loop_during_runs(course):
         wait_for(lambda: sh(host, "pgrep -u student -f fleet-race.count", check=False).returncode == 1, timeout=10)
     assert any(met), "no run met a link: the race was never run"
     assert any(applied), "no run applied a change while the loop ran"
-    as_student(host, UNDO + f"; [ -d {PROFILE} ] || mv -T {PROFILE}.away {PROFILE}; rm -rf {PROFILE}.away")
+    # The loop may have been stopped with the profile moved away and a link in its place: put the
+    # folder back first, so that UNDO removes the link to root's file inside it.
+    as_student(host, f"[ -L {PROFILE} ] && rm {PROFILE}; [ -d {PROFILE} ] || mv -T {PROFILE}.away {PROFILE}; "
+                     f"rm -rf {PROFILE}.away; " + UNDO)
     repair = run_and_snapshot(course, "provision")
     assert repair.rc == 0, repair.output
     again = run_and_snapshot(course, "provision")
