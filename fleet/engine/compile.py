@@ -187,12 +187,14 @@ def _installer(plan: HostPlan, values: HostVars) -> None:
     """Every Pip step installs with the course's python_installer; with uv, a step that puts uv in
     its own venv (with pip, the one bootstrap) comes before the host's first Pip step."""
     pips = [i for i, (_, step) in enumerate(plan.steps) if isinstance(step, Pip)]
+    for i in pips:
+        plan.steps[i][1].source = values.package_source
     if not pips or values.python_installer != "uv":
         return
     for i in pips:
         plan.steps[i][1].installer = "uv"
     role = plan.steps[pips[0]][0]
-    plan.steps.insert(pips[0], (role, Pip(UV_VENV, [f"uv=={values.uv_version}"])))
+    plan.steps.insert(pips[0], (role, Pip(UV_VENV, [f"uv=={values.uv_version}"], source=values.package_source)))
 
 
 def wanted_packages(steps: Iterable[Step]) -> dict[str, list[str]]:

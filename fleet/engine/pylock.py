@@ -45,6 +45,8 @@ class LockedVenv:
     venv: str
     wants: tuple[str, ...]      # what the roles asked for when the lock was made
     requirements: str           # uv's output: `name==version \` and its `--hash=` lines
+    python: str = PYTHON        # what it was resolved for (the file's `python` and `platform`)
+    platform: str = PLATFORM
 
     @property
     def fingerprint(self) -> str:
@@ -87,7 +89,8 @@ def load(path: Path) -> dict[str, LockedVenv] | None:
         return None
     data, lines = yamlfile.load(path)
     yamlfile.validate(data, SCHEMA, path, lines)
-    return {venv: LockedVenv(venv, tuple(item["wants"]), item["requirements"]) for venv, item in data["venvs"].items()}
+    return {venv: LockedVenv(venv, tuple(item["wants"]), item["requirements"], data["python"], data["platform"])
+            for venv, item in data["venvs"].items()}
 
 
 def resolve(wants: dict[str, list[str]], path: Path, python: str = PYTHON, platform: str = PLATFORM,
@@ -112,7 +115,7 @@ def resolve(wants: dict[str, list[str]], path: Path, python: str = PYTHON, platf
             if done.returncode:
                 raise InputError(f"uv could not resolve {', '.join(packages)} for Python {python} on {platform}: "
                                  f"{done.stderr.strip()[-800:]}", key=f"venvs.{venv}")
-            resolved[venv] = LockedVenv(venv, tuple(sorted(packages)), output.read_text())
+            resolved[venv] = LockedVenv(venv, tuple(sorted(packages)), output.read_text(), python, platform)
     return resolved
 
 

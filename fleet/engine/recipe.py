@@ -28,7 +28,7 @@ PER_HOST_KNOBS = frozenset({
     "autostop_poweroff_command", "clusters_engines",
 })
 # Engine knobs that change what is installed, beside the roles' own.
-ENGINE_KNOBS = ("course_user", "python_installer", "uv_version")
+ENGINE_KNOBS = ("course_user", "python_installer", "uv_version", "package_source")
 FINGERPRINT_LENGTH = 16
 
 

@@ -22,6 +22,7 @@ from fleet.engine.results import HostResult, RunResult, StepResult
 from fleet.engine.roles import HostPlan
 from fleet.engine.secrets import Masker
 from fleet.engine.steps import KEPT, File, Outcome
+from fleet.engine.wheels import RECEIVE, WheelCache, WheelsUnavailable
 from fleet.errors import InputError
 from fleet.transport.base import Connection, ConnectionCut, ConnectOptions, Unreachable
 from fleet.transport.connection import connect
@@ -36,6 +37,7 @@ class RunOptions:
     parallel: int = 20
     max_fail: str | None = None   # "3" hosts or "20%"
     masker: Masker = field(default_factory=Masker)
+    wheels: WheelCache | None = None  # the controller's wheels, for steps that ask to be sent them
 
 
 class Stop:
@@ -202,6 +204,8 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
     if stop.event.is_set() and (changes or notified):
         result.status, result.error = "interrupted", "interrupted before applying changes"
         return
+    if not _send_wheels(changes, options, conn, result):
+        return
     if changes or notified or any(not v.every_run for v in verifies):
         apply = Apply(changes, plan.handlers, notified, verifies)
         rc, output = conn.run_script(apply.script())
@@ -218,6 +222,27 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
             result.error = "; ".join([f"{s.name}: {s.message}" for s in bad][:3] + [f"verify failed: {n}" for n in bad_verifies])
     elif any(s.status == "changed" for s in result.steps) or result.handlers:
         result.status = "changed"
+
+
+def _send_wheels(changes: list[Change], options: RunOptions, conn: Connection, result: HostResult) -> bool:
+    """Before the apply, send the host the lock's wheels its changes install (one download per
+    class: fleet.engine.wheels). False when they could not be sent: the host fails, nothing applied."""
+    wanted = [c for c in changes if c.outcome.wheels]
+    if not wanted:
+        return True
+    try:
+        if options.wheels is None:
+            raise WheelsUnavailable("this run has no wheel cache")
+        files = sorted({f for c in wanted if c.outcome.wheels for f in options.wheels.files(*c.outcome.wheels)})
+    except WheelsUnavailable as exc:
+        result.status, result.error = "failed", options.masker(str(exc))
+        return False
+    rc, output = conn.run_script(RECEIVE, files=files)
+    if rc != 0:
+        result.status = "failed"
+        result.error = options.masker(f"sending {len(files)} wheels failed (exit {rc}): {_last_line(output)}")
+        return False
+    return True
 
 
 def _record_apply(apply: Apply, parsed: dict, plan: HostPlan, result: HostResult, mask: Masker) -> None:

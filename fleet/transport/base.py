@@ -1,14 +1,20 @@
 """What every transport shares, without importing SSH code: the options, the errors and the
 Connection interface. Both transports (fleet.transport.ssh, fleet.transport.keeper) offer
-open(), run_script(script, timeout) -> (status, output), close(), and count what they did:
+open(), run_script(script, timeout, files) -> (status, output), close(), and count what they did:
 `connections` (new SSH logins) and `commands` (remote commands).
+
+`files` rides the same channel: after the script, its stdin carries a tar stream of those
+controller files, which the script's last line reads (bash reads a script from a pipe one
+byte at a time, so the stream is left to the command that reads it). That is how the course's
+wheels reach hosts that have no route to the internet, with no second protocol.
 """
 from __future__ import annotations
 
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol, Sequence
 
 from fleet.errors import FleetError
 from fleet.inventory.model import Host
@@ -49,7 +55,8 @@ class Connection(Protocol):
     commands: int
 
     def open(self) -> None: ...
-    def run_script(self, script: str, timeout: int | None = None) -> tuple[int, str]: ...
+    def run_script(self, script: str, timeout: int | None = None,
+                   files: Sequence[tuple[Path, str]] = ()) -> tuple[int, str]: ...
     def close(self) -> None: ...
 
 
@@ -60,3 +67,27 @@ def persist_seconds() -> int:
         return max(0, int(raw))
     except ValueError:
         raise FleetError(f"FLEET_SSH_PERSIST: expected whole seconds (0 turns keeping off), got {raw!r}") from None
+
+
+class _Sink:
+    """A write-only file over a send function, for tarfile's streaming mode."""
+
+    def __init__(self, send: Callable[[bytes], object]) -> None:
+        self.send = send
+
+    def write(self, data: bytes) -> int:
+        self.send(data)
+        return len(data)
+
+
+def send_tar(send: Callable[[bytes], object], files: Sequence[tuple[Path, str]]) -> None:
+    """Stream (controller path, name on the host) pairs as one tar archive through `send`, file by
+    file: nothing is buffered whole, so a class's ~100 MB of wheels costs no memory."""
+    with tarfile.open(fileobj=_Sink(send), mode="w|", format=tarfile.PAX_FORMAT) as archive:
+        for path, name in files:
+            info = archive.gettarinfo(str(path), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mode = 0o644
+            with open(path, "rb") as handle:
+                archive.addfile(info, handle)

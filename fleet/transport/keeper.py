@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from fleet.errors import FleetError
 from fleet.inventory.model import Host
@@ -64,10 +64,13 @@ class KeptConnection:
             reply = self._call(request)
         self.connections += int(reply["new"])
 
-    def run_script(self, script: str, timeout: int | None = None) -> tuple[int, str]:
+    def run_script(self, script: str, timeout: int | None = None,
+                   files: Sequence[tuple[Path, str]] = ()) -> tuple[int, str]:
         self.commands += 1
+        # The keeper runs as this user on this machine: it reads the files itself, by path.
         reply = self._call({"op": "run", "script": script, "timeout": timeout or self.options.command_timeout,
-                            "sudo_password": self.options.sudo_password})
+                            "sudo_password": self.options.sudo_password,
+                            "files": [[str(Path(path).resolve()), name] for path, name in files]})
         self.connections += int(reply.get("new", False))
         return reply["status"], reply["output"]
 

@@ -238,13 +238,14 @@ class Keeper:
     def _run(self, current: tuple[Host, ConnectOptions], request: dict[str, Any]) -> dict[str, Any]:
         host, options = current
         conn, new = self._connection(host, options)
+        files = [(Path(path), name) for path, name in request.get("files") or ()]
         try:
-            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"))
+            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files)
         except ChannelRefused:
             # The kept connection died since (host rebooted, network changed): nothing ran, so
             # log in again and run it once more.
             conn, new = self._connection(host, options, dead=conn)
-            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"))
+            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files)
         return {"status": status, "output": output, "new": new}
 
 

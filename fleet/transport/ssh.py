@@ -12,12 +12,13 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
 import paramiko
 from fabric import Config, Connection
 
 from fleet.inventory.model import Host
-from fleet.transport.base import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable
+from fleet.transport.base import ChannelRefused, ConnectionCut, ConnectOptions, HostKeyChanged, Unreachable, send_tar
 
 _known_hosts_lock = threading.Lock()
 # The password is stdin's first line. sudo reads it only when it asks (not under NOPASSWD, nor
@@ -92,8 +93,10 @@ class SSHConnection:
     def close(self) -> None:
         self.conn.close()
 
-    def run_script(self, script: str, timeout: int | None = None, sudo_password: str | None = None) -> tuple[int, str]:
-        """Run a bash script as root; return (exit status, stdout and stderr together)."""
+    def run_script(self, script: str, timeout: int | None = None, sudo_password: str | None = None,
+                   files: Sequence[tuple[Path, str]] = ()) -> tuple[int, str]:
+        """Run a bash script as root; return (exit status, stdout and stderr together). `files`
+        follow the script on stdin as a tar stream, for the script's last line to read."""
         timeout = timeout or self.options.command_timeout
         as_root = self.conn.user == "root"
         password = sudo_password or self.options.sudo_password
@@ -113,6 +116,8 @@ class SSHConnection:
         try:
             channel.exec_command(command)
             channel.sendall(stdin.encode())
+            if files:
+                send_tar(channel.sendall, files)
             channel.shutdown_write()
             while True:
                 data = channel.recv(65536)

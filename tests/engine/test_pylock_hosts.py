@@ -1,9 +1,15 @@
 """A course lock on 3 real hosts: every host installs the same packages, exactly the lock's; a
-changed lock repairs exactly the packages that changed; a host changed by hand is drift."""
+changed lock repairs exactly the packages that changed; a host changed by hand is drift. The
+wheels come from the controller (package_source: controller, the default): a host with no route
+to the internet installs the lock all the same; with `package_source: index` each host downloads."""
 from __future__ import annotations
+
+import subprocess
+from contextlib import contextmanager
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from fleet.engine import pylock
 from fleet.testhosts import hosts as testhosts
@@ -35,11 +41,34 @@ def messages(run, hosts) -> dict[str, str]:
     return {h.name: next(s["message"] for s in run.report["hosts"][h.name]["steps"] if s["name"].startswith(STEP) and s["name"].endswith(" in /opt/locked")) for h in hosts}
 
 
+def sent_wheels(host) -> dict[str, str]:
+    """Canonical name -> version of the wheels the controller sent the host."""
+    out = sh(host, "ls -1 /var/lib/jupyter-fleet/wheels 2>/dev/null; true").stdout.split()
+    return {canonicalize_name(parse_wheel_filename(f)[0]): str(parse_wheel_filename(f)[1]) for f in out}
+
+
+@contextmanager
+def without_internet(host):
+    """The host keeps its link to the controller (SSH) but nothing is forwarded beyond it."""
+    rule = ["FORWARD", "-i", host.veth, "!", "-o", "vh-+", "-j", "REJECT"]
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+
+
 def test_every_host_installs_exactly_the_lock(locked):
     hosts, state, inventory = locked
     lock = pylock.load(state / "course.lock.yml")["/opt/locked"]
+    uv = pylock.load(state / "course.lock.yml")["/var/lib/jupyter-fleet/uv"]
     first = fleet("provision", state=state, inventory=inventory, roles_path=True)
     assert first.rc == 0, first.output
+    # One download per class: the controller's cache holds one wheel per pin, and every host was
+    # sent exactly those (uv's and the course venv's) over its SSH connection.
+    cached = list((state / "wheels" / f"py{lock.python}-{lock.platform}").glob("*.whl"))
+    assert len(cached) == len(lock.pins() | uv.pins())
+    assert all(sent_wheels(h) == lock.pins() | uv.pins() for h in hosts)
     assert set(messages(first, hosts).values()) == {
         f"create venv, install {len(lock.pins())} locked packages ({', '.join(f'{n} {v}' for n, v in sorted(lock.pins().items()))})"
         f" (lock {lock.fingerprint})"}
@@ -83,3 +112,31 @@ def test_a_host_changed_by_hand_is_drift_and_is_repaired(locked):
     fixed = fleet("provision", state=state, inventory=inventory, roles_path=True)
     assert fixed.rc == 0, fixed.output
     assert freeze(hosts[1]) == lock.pins()
+
+
+def test_a_host_without_internet_installs_the_lock_from_the_controller(locked):
+    hosts, state, inventory = locked
+    lock = pylock.load(state / "course.lock.yml")["/opt/locked"]
+    offline = hosts[2]
+    with without_internet(offline):
+        # The host's own installer, asked for a package, cannot reach the index now.
+        tried = sh(offline, "env UV_NO_CONFIG=1 UV_NATIVE_TLS=1 /var/lib/jupyter-fleet/uv/bin/uv pip install "
+                            "--no-cache --dry-run --python /opt/locked/bin/python six 2>&1", check=False)
+        assert tried.returncode != 0, tried.stdout
+        sh(offline, "rm -rf /opt/locked /var/lib/jupyter-fleet/uv /var/lib/jupyter-fleet/wheels")
+        run = fleet("provision", "--hosts", offline.name, state=state, inventory=inventory, roles_path=True)
+        assert run.rc == 0, run.output
+        assert messages(run, [offline])[offline.name].startswith(f"create venv, install {len(lock.pins())} locked")
+        assert freeze(offline) == lock.pins()
+
+
+def test_with_package_source_index_each_host_downloads_the_lock(locked):
+    hosts, state, inventory = locked
+    lock = pylock.load(state / "course.lock.yml")["/opt/locked"]
+    host = hosts[1]
+    sh(host, "rm -rf /opt/locked /var/lib/jupyter-fleet/wheels")
+    run = fleet("provision", "--hosts", host.name, "--set", "package_source=index", state=state,
+                inventory=inventory, roles_path=True)
+    assert run.rc == 0, run.output
+    assert freeze(host) == lock.pins()
+    assert sent_wheels(host) == {}, "nothing is sent when each host downloads"

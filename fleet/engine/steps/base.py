@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from fleet.engine.facts import Fact
+from fleet.engine.pylock import LockedVenv
 from fleet.errors import InputError
 from fleet.shell import q
 
@@ -27,6 +28,8 @@ class Outcome:
     diff: str | None = None
     failed: bool = False
     starts: str | None = None  # a unit this change starts fresh: a pending restart of it is moot
+    # The lock and its packages (canonical names) whose wheels the controller sends before the apply.
+    wheels: tuple[LockedVenv, tuple[str, ...]] | None = None
 
 
 class Step:

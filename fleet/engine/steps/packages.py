@@ -12,6 +12,7 @@ from packaging.version import InvalidVersion, Version
 from fleet.engine.facts import Fact
 from fleet.engine.pylock import LockedVenv
 from fleet.engine.steps.base import STATE_DIR, Outcome, Step, check_path
+from fleet.engine.wheels import HOST_DIR
 from fleet.errors import InputError
 from fleet.shell import q
 
@@ -110,6 +111,7 @@ class Pip(Step):
     installer: str = "pip"           # or "uv" (compile sets it from the course's python_installer)
     lock: LockedVenv | None = None   # the course lock (fleet/engine/pylock.py), set by compile
     covered: bool = False            # an earlier Pip step of this host installs the venv's lock
+    source: str = "index"            # "controller": a lock's wheels come from the controller (package_source)
 
     def __post_init__(self) -> None:
         self.venv = check_path(self.venv, "venv")
@@ -156,10 +158,14 @@ class Pip(Step):
         if not changed and not extra:
             return Outcome(False, f"{self.venv} matches the course lock {self.lock.fingerprint} ({len(pins)} packages)")
         said = []
+        sent = self.source == "controller"
         if changed:
             end = "__FLEET_LOCK__"
+            # Sent wheels are installed from the host's folder alone; the hashes are checked either way.
+            where = f" --no-index --find-links {HOST_DIR}" if sent else ""
             commands.append(f"__lock=$(mktemp)\ncat > \"$__lock\" <<'{end}'\n{self.lock.blocks(changed)}{end}\n"
-                            f"__retry 3 {self._install()} --no-deps --require-hashes -r \"$__lock\"\n"
+                            f"__retry {1 if sent else 3} {self._install()}{where} --no-deps --require-hashes "
+                            "-r \"$__lock\"\n"
                             "rm -f \"$__lock\"")
             said.append(f"install {len(changed)} locked package{'s' if len(changed) != 1 else ''} "
                         f"({_listed(changed, pins)})")
@@ -167,7 +173,8 @@ class Pip(Step):
             commands.append(f"{self._uninstall()} {' '.join(map(q, extra))}")
             said.append(f"remove {len(extra)} not in the lock ({', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''})")
         verb = "create venv, " if installed is None else ""
-        return Outcome(True, verb + " and ".join(said) + f" (lock {self.lock.fingerprint})", commands)
+        return Outcome(True, verb + " and ".join(said) + f" (lock {self.lock.fingerprint})", commands,
+                       wheels=(self.lock, tuple(changed)) if sent and changed else None)
 
 
     def _install(self) -> str:
