@@ -19,7 +19,7 @@ from fleet.engine.report import Reporter, console_width, write_json
 from fleet.engine.results import RunResult
 from fleet.engine.roles import PROJECT, RoleSet
 from fleet.engine.runner import RunOptions, Stop, parse_max_fail, run_fleet
-from fleet.engine.wheels import WheelCache
+from fleet.engine.sending import PackageCaches
 from fleet.engine.secrets import CourseSecrets, Masker
 from fleet.errors import InputError
 from fleet.inventory import files as inventory_mod
@@ -118,7 +118,7 @@ def provision(hosts: str, inventory: str | None = None, roles: str | None = None
         session.masker.add(sudo_password)
     options = RunOptions(connect=connect_options(insecure_host_keys, sudo_password, connect_timeout, command_timeout),
                          check=check, diff=diff, verify=verify, parallel=parallel, max_fail=max_fail,
-                         masker=session.masker, wheels=WheelCache(state.state_dir() / "wheels"))
+                         masker=session.masker, packages=PackageCaches.under(state.state_dir()))
     stop = Stop()
     if verbose and session.inventory.unused:
         (out or console).print("inventory keys Fleet does not use: " + ", ".join(

@@ -14,7 +14,7 @@ from fleet.engine.git import RefResolver
 from fleet.engine.roles import PROJECT, HostPlan, RoleContext, RoleSet, Templates
 from fleet.engine.secrets import CourseSecrets, Masker
 from fleet.engine.pylock import LockedVenv
-from fleet.engine.steps import Handler, Pip, Step, Verify
+from fleet.engine.steps import Apt, Handler, Pip, Step, Verify
 from fleet.engine.steps.packages import UV_VENV
 from fleet.errors import InputError, InputErrors
 from fleet.inventory.model import Host, Inventory
@@ -187,8 +187,9 @@ def _installer(plan: HostPlan, values: HostVars) -> None:
     """Every Pip step installs with the course's python_installer; with uv, a step that puts uv in
     its own venv (with pip, the one bootstrap) comes before the host's first Pip step."""
     pips = [i for i, (_, step) in enumerate(plan.steps) if isinstance(step, Pip)]
-    for i in pips:
-        plan.steps[i][1].source = values.package_source
+    for _, step in plan.steps:
+        if isinstance(step, (Pip, Apt)):
+            step.source = values.package_source
     if not pips or values.python_installer != "uv":
         return
     for i in pips:

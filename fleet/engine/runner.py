@@ -22,7 +22,8 @@ from fleet.engine.results import HostResult, RunResult, StepResult
 from fleet.engine.roles import HostPlan
 from fleet.engine.secrets import Masker
 from fleet.engine.steps import KEPT, File, Outcome
-from fleet.engine.wheels import RECEIVE, WheelCache, WheelsUnavailable
+from fleet.engine.sending import RECEIVE, PackageCaches, shipment
+from fleet.engine.wheels import WheelsUnavailable
 from fleet.errors import InputError
 from fleet.transport.base import Connection, ConnectionCut, ConnectOptions, Unreachable
 from fleet.transport.connection import connect
@@ -37,7 +38,7 @@ class RunOptions:
     parallel: int = 20
     max_fail: str | None = None   # "3" hosts or "20%"
     masker: Masker = field(default_factory=Masker)
-    wheels: WheelCache | None = None  # the controller's wheels, for steps that ask to be sent them
+    packages: PackageCaches | None = None  # the controller's wheels and .debs, for steps that ask to be sent them
 
 
 class Stop:
@@ -204,7 +205,7 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
     if stop.event.is_set() and (changes or notified):
         result.status, result.error = "interrupted", "interrupted before applying changes"
         return
-    if not _send_wheels(changes, options, conn, result):
+    if not _send_packages(changes, options, conn, result):
         return
     if changes or notified or any(not v.every_run for v in verifies):
         apply = Apply(changes, plan.handlers, notified, verifies)
@@ -224,23 +225,27 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
         result.status = "changed"
 
 
-def _send_wheels(changes: list[Change], options: RunOptions, conn: Connection, result: HostResult) -> bool:
-    """Before the apply, send the host the lock's wheels its changes install (one download per
-    class: fleet.engine.wheels). False when they could not be sent: the host fails, nothing applied."""
-    wanted = [c for c in changes if c.outcome.wheels]
+def _send_packages(changes: list[Change], options: RunOptions, conn: Connection, result: HostResult) -> bool:
+    """Before the apply, send the host the wheels and .debs its changes install (one download per
+    class: fleet.engine.sending). False when they could not be sent: the host fails, nothing applied."""
+    wanted = {c.index: c.outcome for c in changes if c.outcome.wheels or c.outcome.debs}
     if not wanted:
         return True
     try:
-        if options.wheels is None:
-            raise WheelsUnavailable("this run has no wheel cache")
-        files = sorted({f for c in wanted if c.outcome.wheels for f in options.wheels.files(*c.outcome.wheels)})
+        if options.packages is None:
+            raise WheelsUnavailable("this run has no package cache")
+        sending = shipment(wanted, options.packages)
     except WheelsUnavailable as exc:
         result.status, result.error = "failed", options.masker(str(exc))
         return False
-    rc, output = conn.run_script(RECEIVE, files=files)
+    for index, note in sending.notes.items():
+        result.steps[index].message += f"; {options.masker(note)}"
+    if not sending.files:
+        return True
+    rc, output = conn.run_script(RECEIVE, files=sending.files)
     if rc != 0:
         result.status = "failed"
-        result.error = options.masker(f"sending {len(files)} wheels failed (exit {rc}): {_last_line(output)}")
+        result.error = options.masker(f"sending {len(sending.files)} packages failed (exit {rc}): {_last_line(output)}")
         return False
     return True
 

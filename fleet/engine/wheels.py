@@ -3,8 +3,7 @@ each host over the SSH connection Fleet already holds (`package_source: controll
 
 The controller downloads with pip (`pip download --require-hashes --no-deps --only-binary`), for
 the lock's own Python and platform, into a cache in the state folder kept between runs; every host
-of the class is then sent the files it lacks from that cache (fleet.transport.base.send_tar,
-received by hostscripts/receive-wheels.sh) and installs them with `--no-index --find-links`, still
+of the class is then sent the files it lacks from that cache (fleet.engine.sending) and installs them with `--no-index --find-links`, still
 hash-checked by its installer. Hosts need no route to the internet for the course's Python packages.
 """
 from __future__ import annotations
@@ -25,7 +24,6 @@ from fleet.engine.pylock import LockedVenv
 from fleet.errors import FleetError
 
 HOST_DIR = "/var/lib/jupyter-fleet/wheels"       # where hosts keep the set they were sent
-RECEIVE = (Path(__file__).parent / "hostscripts" / "receive-wheels.sh").read_text()
 DOWNLOAD_TRIES = 3
 
 

@@ -115,19 +115,28 @@ def test_a_host_changed_by_hand_is_drift_and_is_repaired(locked):
 
 
 def test_a_host_without_internet_installs_the_lock_from_the_controller(locked):
+    """Cold, as far as the course goes: no python3-venv, no venvs, no uv, and no route beyond the
+    controller. The .debs its apt names and the lock's wheels both come over SSH."""
     hosts, state, inventory = locked
     lock = pylock.load(state / "course.lock.yml")["/opt/locked"]
     offline = hosts[2]
     with without_internet(offline):
-        # The host's own installer, asked for a package, cannot reach the index now.
+        # The host's own installers, asked for a package, cannot reach the index or the mirror now.
         tried = sh(offline, "env UV_NO_CONFIG=1 UV_NATIVE_TLS=1 /var/lib/jupyter-fleet/uv/bin/uv pip install "
                             "--no-cache --dry-run --python /opt/locked/bin/python six 2>&1", check=False)
         assert tried.returncode != 0, tried.stdout
-        sh(offline, "rm -rf /opt/locked /var/lib/jupyter-fleet/uv /var/lib/jupyter-fleet/wheels")
+        sh(offline, "rm -rf /opt/locked /var/lib/jupyter-fleet/uv /var/lib/jupyter-fleet/wheels; "
+                    "apt-get purge -y -q python3-venv python3.11-venv >/dev/null; apt-get clean")
+        fetched = sh(offline, "apt-get download -q python3-venv 2>&1", check=False)
+        assert fetched.returncode != 0, fetched.stdout
         run = fleet("provision", "--hosts", offline.name, state=state, inventory=inventory, roles_path=True)
         assert run.rc == 0, run.output
+        steps = {s["name"]: s["message"] for s in run.report["hosts"][offline.name]["steps"]}
+        assert steps["apt python3-venv"].startswith("install python3-venv (") and \
+            steps["apt python3-venv"].endswith("packages sent by the controller)"), steps
         assert messages(run, [offline])[offline.name].startswith(f"create venv, install {len(lock.pins())} locked")
         assert freeze(offline) == lock.pins()
+    assert any((state / "debs").glob("python3.11-venv_*.deb")), "the controller keeps the .debs it fetched"
 
 
 def test_with_package_source_index_each_host_downloads_the_lock(locked):

@@ -20,6 +20,16 @@ KEPT = 199
 MAX_DIFF_BYTES = 256 * 1024
 
 
+@dataclass(frozen=True, order=True)
+class Deb:
+    """A Debian package file as the host's apt names it (`apt-get --print-uris`)."""
+    url: str
+    file: str
+    size: int
+    hash_kind: str        # sha256, sha512 or md5sum, as apt's lists give it
+    digest: str
+
+
 @dataclass
 class Outcome:
     changed: bool
@@ -30,6 +40,7 @@ class Outcome:
     starts: str | None = None  # a unit this change starts fresh: a pending restart of it is moot
     # The lock and its packages (canonical names) whose wheels the controller sends before the apply.
     wheels: tuple[LockedVenv, tuple[str, ...]] | None = None
+    debs: tuple[Deb, ...] = ()      # the .debs the controller sends into apt's cache before the apply
 
 
 class Step:

@@ -11,7 +11,7 @@ from packaging.version import InvalidVersion, Version
 
 from fleet.engine.facts import Fact
 from fleet.engine.pylock import LockedVenv
-from fleet.engine.steps.base import STATE_DIR, Outcome, Step, check_path
+from fleet.engine.steps.base import STATE_DIR, Deb, Outcome, Step, check_path
 from fleet.engine.wheels import HOST_DIR
 from fleet.errors import InputError
 from fleet.shell import q
@@ -27,16 +27,21 @@ UV = f"{UV_VENV}/bin/uv"
 UV_ENV = "env UV_NO_CONFIG=1 UV_NATIVE_TLS=1 UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never"
 
 
+def _installed(text: str) -> dict[str, str]:
+    installed = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[1].startswith("ii"):
+            installed[parts[0].split(":")[0]] = parts[2]
+    return installed
+
+
+def _dpkg_query(packages: tuple[str, ...]) -> str:
+    return f"dpkg-query -W -f='${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' {' '.join(map(q, packages))} 2>/dev/null"
+
+
 def dpkg_fact(packages: tuple[str, ...]) -> Fact:
-    def parse(text: str) -> dict[str, str]:
-        installed = {}
-        for line in text.splitlines():
-            parts = line.split("\t")
-            if len(parts) == 3 and parts[1].startswith("ii"):
-                installed[parts[0].split(":")[0]] = parts[2]
-        return installed
-    cmd = f"dpkg-query -W -f='${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' {' '.join(map(q, packages))} 2>/dev/null; true"
-    return Fact("dpkg:" + ",".join(packages), cmd, parse)
+    return Fact("dpkg:" + ",".join(packages), _dpkg_query(packages) + "; true", _installed)
 
 
 APT_AGE = Fact(
@@ -48,6 +53,26 @@ APT_AGE = Fact(
 )
 
 
+def apt_uris_fact(packages: tuple[str, ...]) -> Fact:
+    """dpkg's view of these packages and, only when one is missing (so a no-op costs no apt
+    process), what apt would download to install them from the host's own lists
+    (`apt-get --print-uris`, which changes nothing; each line 'URL' FILE SIZE HASHTYPE:HEX)."""
+    def parse(text: str) -> tuple[dict[str, str], list[Deb]]:
+        debs = []
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[0].startswith("'") and ":" in parts[3] and parts[2].isdigit():
+                kind, _, digest = parts[3].partition(":")
+                debs.append(Deb(parts[0].strip("'"), parts[1], int(parts[2]), kind.lower(), digest))
+        return _installed(text), debs
+    names = " ".join(map(q, packages))
+    cmd = (f"__s=$({_dpkg_query(packages)}); echo \"$__s\"; __n=0; "
+           "while IFS=$'\\t' read -r _ __st _; do [[ $__st == ii* ]] && __n=$((__n + 1)); done <<< \"$__s\"; "
+           f"if [ \"$__n\" -lt {len(packages)} ]; then "
+           f"apt-get --print-uris -qq install -y --no-install-recommends {names} 2>/dev/null; fi; true")
+    return Fact("apt-uris:" + ",".join(packages), cmd, parse)
+
+
 @dataclass
 class Apt(Step):
     PATHLESS = "apt and dpkg write only the system folders packages own, under their own locks"
@@ -55,24 +80,32 @@ class Apt(Step):
     cache_max_age: int = 86400
     lock_timeout: int = 300
     notify: tuple[str, ...] = ()
+    source: str = "index"   # "controller": the .debs apt would download come from the controller (package_source)
 
     def __post_init__(self) -> None:
         self.packages = tuple(self.packages)
         self.name = "apt " + " ".join(self.packages)
 
     def facts(self, diff: bool = False) -> list[Fact]:
-        return [dpkg_fact(self.packages), APT_AGE]
+        return [self._dpkg(), APT_AGE]
+
+    def _dpkg(self) -> Fact:
+        return apt_uris_fact(self.packages) if self.source == "controller" else dpkg_fact(self.packages)
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
-        installed = facts[dpkg_fact(self.packages).key]
+        installed, debs = facts[self._dpkg().key] if self.source == "controller" else (facts[self._dpkg().key], [])
         missing = [p for p in self.packages if p not in installed]
         if not missing:
             return Outcome(False, f"{', '.join(self.packages)} already installed")
-        commands = []
-        if facts[APT_AGE.key] > self.cache_max_age:
-            commands.append(f"__apt {self.lock_timeout} update && touch {STATE_DIR}/apt-updated")
-        commands.append(f"__apt {self.lock_timeout} install -y --no-install-recommends {' '.join(map(q, missing))}")
-        return Outcome(True, f"install {', '.join(missing)}", commands)
+        install = f"__apt {self.lock_timeout} install -y --no-install-recommends {' '.join(map(q, missing))}"
+        update = f"__apt {self.lock_timeout} update && touch {STATE_DIR}/apt-updated"
+        if debs:
+            # The controller sends the files these lists name into apt's own cache, so apt
+            # downloads nothing; should one not arrive, the host updates its lists and fetches.
+            return Outcome(True, f"install {', '.join(missing)} ({len(debs)} packages sent by the controller)",
+                           [f"{install} || {{ {update} && {install}; }}"], debs=tuple(debs))
+        commands = [update] if facts[APT_AGE.key] > self.cache_max_age else []
+        return Outcome(True, f"install {', '.join(missing)}", commands + [install])
 
 
 def venv_fact(venv: str) -> Fact:
