@@ -19,6 +19,7 @@ import json
 import time
 
 import pytest
+import requests
 import yaml
 
 from fleet.testhosts import hosts as testhosts
@@ -72,10 +73,14 @@ def expected(hosts) -> dict[str, int]:
     return {head.name: 1, w1.name: 2, w2.name: 1}
 
 
-def run_cell(head, state, inventory, engines: int) -> dict:
+def token_of(head, state, inventory) -> str:
     handout = fleet("handout", "--format", "csv", state=state, inventory=inventory)
     row = {r["host"]: r for r in csv.DictReader(io.StringIO(handout.output))}[head.name]
-    token = row["url"].split("token=")[1]
+    return row["url"].split("token=")[1]
+
+
+def run_cell(head, state, inventory, engines: int) -> dict:
+    token = token_of(head, state, inventory)
     with ssh_tunnel(head, 8888) as port:
         client = Jupyter(port, token)
         kernel = client.start_kernel("python3")
@@ -107,6 +112,34 @@ def test_a_notebook_on_the_head_reaches_every_engine(course):
     result = run_cell(hosts[0], state, inventory, 4)
     assert result["engines"] == expected(hosts)
     assert result["ok"] is True and result["map_hosts"] == sorted(expected(hosts))
+
+
+def panel_listing(client: Jupyter) -> dict:
+    """The cluster across machines as the JupyterLab "IPython Clusters" panel gets it."""
+    response = client.get("/ipyparallel/clusters")
+    response.raise_for_status()
+    return {model["id"]: model for model in response.json()}["default:lab"]
+
+
+def test_the_jupyterlab_panel_lists_the_cluster_and_its_stop_changes_nothing(course):
+    hosts, state, inventory, _ = course
+    head = hosts[0]
+    with ssh_tunnel(head, 8888) as port:
+        client = Jupyter(port, token_of(head, state, inventory))
+        # The endpoint the panel calls: the cluster is listed as running, with every member's engines.
+        model = panel_listing(client)
+        assert "controller" in model and model["engines"]["n"] == 4, model
+        assert {m: s["n"] for m, s in model["engines"]["sets"].items()} == expected(hosts)
+        # The panel's stop button: refused with a message; no service stops, no engine leaves, the file stays.
+        stop = requests.delete(f"{client.base}/ipyparallel/clusters/default:lab", headers=client.auth, timeout=30)
+        assert stop.status_code == 409 and "systemd" in stop.json()["message"], stop.text
+        start = client.post("/ipyparallel/clusters/default:lab")
+        assert start.status_code == 409, start.text
+        assert sh(head, "systemctl is-active ipcontroller ipengines").stdout.split() == ["active", "active"]
+        assert engine_count(head) == 4
+        again = panel_listing(client)
+        assert "controller" in again and again["engines"]["n"] == 4
+    assert sh(head, f"stat -c '%U %a' {SECURITY}/cluster-jupyter-fleet.json").stdout.split() == ["student", "600"]
 
 
 def test_ports_keys_and_file_modes(course):
