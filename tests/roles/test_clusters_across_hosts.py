@@ -2,7 +2,9 @@
 
 Through the head's tunnel and token a notebook kernel reaches every member's engines; a map over
 1,000 items runs on all of them; a worker whose engines are killed and which loses power comes
-back; the outside host, with the head's address and ports but not the keys, can neither register
+back, and so does one rebuilt with a new host key once the instructor drops its old key; the
+JupyterLab "IPython Clusters" panel's listing shows the cluster with every member's engines, and
+its stop button is refused; the outside host, with the head's address and ports but not the keys, can neither register
 an engine nor submit work (while the same command with the real file does register, so the
 network itself is open); `check` reports a member whose engines are down; a worker taken out of
 the group is retired and put back; a second run changes nothing.
@@ -223,6 +225,29 @@ def test_killed_engines_and_a_power_cut_worker_come_back(course):
     run = fleet("provision", state=state, inventory=inventory)
     assert run.rc == 0, run.output[-4000:]
     assert {v["name"]: v["ok"] for v in run.report["hosts"][head.name]["verifies"]}[VERIFY]
+    result = run_cell(head, state, inventory, 4)
+    assert result["engines"] == expected(hosts) and result["ok"] is True
+
+
+def test_a_worker_rebuilt_with_a_new_host_key_comes_back(course):
+    hosts, state, inventory, _ = course
+    head, _, w2, _ = hosts
+    known = state / "known_hosts"
+    fingerprint = "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
+    before = sh(w2, fingerprint).stdout.split()[1]
+    testhosts.rebuild(w2)    # a fresh disk at the same address: new host keys, nothing of the cluster
+    assert sh(w2, fingerprint).stdout.split()[1] != before
+    assert sh(w2, "test -e /etc/systemd/system/ipengines.service", check=False).returncode == 1
+    assert fleet("disconnect", state=state).rc == 0    # the connection kept to the old machine is gone with it
+    refused = fleet("provision", "--hosts", w2.name, state=state, inventory=inventory)
+    assert refused.rc == 3 and "If the machine was rebuilt, remove its line" in refused.output, refused.output[-3000:]
+    # What that message (and README) asks of the instructor: remove the machine's line, provision again.
+    kept = [line for line in known.read_text().splitlines(True) if line.split(" ", 1)[0] != w2.address]
+    known.write_text("".join(kept))
+    run = fleet("provision", state=state, inventory=inventory, timeout=1500)
+    assert run.rc == 0, run.output[-4000:]
+    assert {v["name"]: v["ok"] for v in run.report["hosts"][head.name]["verifies"]}[VERIFY]
+    assert f"{w2.address} " in known.read_text()      # its new key recorded (trust on first use)
     result = run_cell(head, state, inventory, 4)
     assert result["engines"] == expected(hosts) and result["ok"] is True
 
