@@ -266,6 +266,12 @@ def rebuild(h: TestHost, timeout: float = SSH_TIMEOUT, layer: Path | None = None
     _prepare_disk(h)
     with file_lock(BASE_LOCK, fcntl.LOCK_SH):
         _mount(h, layer)
+    # Every test host boots with the base's host keys; a re-imaged machine makes its own at first boot.
+    for kind in ("ed25519", "ecdsa", "rsa"):
+        key = h.root / f"etc/ssh/ssh_host_{kind}_key"
+        for path in (key, key.with_name(key.name + ".pub")):
+            path.unlink(missing_ok=True)
+        sh("ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{h.name}", "-f", key)
     boot_again(h, timeout)
 
 
