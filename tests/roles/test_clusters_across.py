@@ -80,6 +80,7 @@ def test_connection_files_pin_every_port_and_carry_the_keys(tmp_path):
     assert (config.owner, config.group, config.mode, config.secret) == ("root", "student", "0640", True)
     text = config.content.decode()
     assert "c.IPController.enable_curve = True" in text and "c.IPController.reuse_files = True" in text
+    assert "c.IPController.restore_engines = True" in text   # a restarted controller takes its engines back
     assert f'c.IPController.curve_publickey = b"{engine["curve_serverkey"]}"' in text
     assert f'c.Session.key = b"{engine["key"]}"' in text
     # Every key is masked wherever output is shown.

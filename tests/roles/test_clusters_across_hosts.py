@@ -304,3 +304,19 @@ def test_second_run_changes_nothing(course):
         assert changed_steps(again.report, host.name) == [], host.name
         assert again.report["hosts"][host.name]["handlers"] == []
     assert sh(head, "systemctl show -p MainPID --value ipcontroller").stdout.strip() == pid
+
+
+def test_a_restarted_controller_keeps_every_engine_and_the_panel_follows(course):
+    """Last in the module: the controller's own restart (a crash, the head's reboot)."""
+    hosts, state, inventory, _ = course
+    head = hosts[0]
+    with ssh_tunnel(head, 8888) as port:
+        client = Jupyter(port, token_of(head, state, inventory))
+        sh(head, "systemctl stop ipcontroller")
+        try:
+            assert "controller" not in panel_listing(client)    # the listing is systemd's state of the moment
+        finally:
+            sh(head, "systemctl start ipcontroller")
+        assert "controller" in panel_listing(client)
+    result = run_cell(head, state, inventory, 4)
+    assert result["engines"] == expected(hosts) and result["ok"] is True
