@@ -9,9 +9,11 @@ host its `private_ip`, which the clusters role uses as the head's address.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 from fleet.aws.common import Instance, group_name, tag_spec
+from fleet.errors import InputError
 
 
 def cluster_group_name(course: str, cluster: str) -> str:
@@ -100,3 +102,34 @@ def open_cluster(course: str, cluster: str, members: list[str], ports: tuple[int
         member = next(i for i in instances if i.name in members)
         group_id = ensure_cluster_group(ec2, course, cluster, ports, vpc_of(ec2, member.id))
         return group_id, attach(ec2, group_id, instances, members)
+
+
+def inventory_clusters(path: str | Path) -> dict[str, tuple[list[str], tuple[int, int]]]:
+    """Every cluster a course inventory defines: {group: (its hosts, its port range)}, read as compile
+    reads them (role defaults, then the inventory's layers), from the hosts that run the clusters role.
+    Nothing is rendered: the course secret and students' keys are neither needed nor made."""
+    from fleet.engine.roles import RoleSet
+    from fleet.inventory import files as inventory_files
+    from fleet.inventory.variables import inventory_layers, merge
+    from roles.clusters.topology import parse_ports
+
+    inventory = inventory_files.load(path)
+    defaults = RoleSet().default_layers()
+    found: dict[str, tuple[list[str], tuple[int, int]]] = {}
+    for name, host in inventory.hosts.items():
+        merged = merge(defaults + inventory_layers(inventory, host))
+        roles, group = merged["roles"].value if "roles" in merged else [], merged["clusters_group"]
+        if "clusters" not in (roles or []) or not group.value:
+            continue
+        if group.value not in inventory.groups:
+            raise InputError(f"no inventory group named {group.value!r} (groups: {', '.join(inventory.groups) or 'none'})",
+                             file=group.source, key="clusters_group")
+        ports = merged["clusters_ports"]
+
+        def fail(key: str, message: str, source: str = ports.source) -> InputError:
+            return InputError(message, file=source, key=key)
+
+        members = inventory.group_hosts(group.value)
+        if name in members:
+            found[group.value] = (members, parse_ports(ports.value, fail))
+    return found

@@ -364,26 +364,54 @@ def images_(c, course=None, inventory=None, region=None, prune=False):
 
 
 @task(name="cluster_network", help={
-    "course": "course name", "cluster": "the cluster's name: its inventory group (clusters_group)",
-    "members": "its instances by name, comma separated (the group's hosts)",
-    "ports": "the controller's port range, as clusters_ports (default 10101-10120)",
+    "course": "course name",
+    "inventory": "the course's inventory, whose clusters_group names each cluster's group (default inventory/<course>.yml)",
+    "cluster": "only this cluster (its group's name); default: every cluster the inventory defines",
+    "members": "override: these instances by name, comma separated, instead of the group's hosts (needs --cluster)",
+    "ports": "override: the port range FIRST-LAST instead of the inventory's clusters_ports",
     "region": "AWS region (default: from your profile)"})
-def cluster_network(c, course=None, cluster=None, members=None, ports="10101-10120", region=None):
-    """Open a cluster's pinned ports between its member instances only (a security group of its own)."""
-    from fleet.aws.clusters import open_cluster
+def cluster_network(c, course=None, inventory=None, cluster=None, members=None, ports=None, region=None):
+    """Open each cluster's pinned ports between its member instances only (a security group of its own)."""
+    from fleet.aws.clusters import inventory_clusters, open_cluster
+    from fleet.engine import recipe
+    from fleet.errors import InputError
 
     course = _need(course)
-    if not cluster or not members:
-        raise Exit("error: --cluster and --members are required", 1)
     try:
-        first, last = (int(p) for p in ports.split("-"))
-    except ValueError:
-        raise Exit(f"error: --ports expects FIRST-LAST, got {ports!r}", 1) from None
+        override = _port_range(ports) if ports else None
+        if members:
+            if not cluster:
+                raise Exit("error: --members needs --cluster", 1)
+            wanted = {cluster: ([m.strip() for m in members.split(",") if m.strip()], override or (10101, 10120))}
+        else:
+            path = recipe.inventory_path(course, inventory)
+            if path is None:
+                raise Exit(f"error: no inventory/{course}.yml: pass --inventory (or --cluster and --members)", 1)
+            found = inventory_clusters(path)
+            if cluster and cluster not in found:
+                raise Exit(f"error: {path} defines no cluster {cluster!r} (clusters_group of hosts with the clusters "
+                           f"role: {', '.join(found) or 'none'})", 1)
+            if not found:
+                raise Exit(f"error: {path} defines no cluster (no host with the clusters role sets clusters_group)", 1)
+            wanted = {name: (hosts, override or range_) for name, (hosts, range_) in found.items()
+                      if not cluster or name == cluster}
+    except InputError as exc:
+        raise Exit(f"error: {exc}", 1) from None
+    for name, (hosts, (first, last)) in wanted.items():
+        try:
+            group_id, changed = open_cluster(course, name, hosts, (first, last), region)
+        except cloud.CloudError as exc:
+            raise Exit(f"cluster-network failed: {exc}", 1) from None
+        _console().print(f"cluster {name}: group {group_id} opens tcp {first}-{last} between its members only "
+                         f"({', '.join(hosts)}); attached: {', '.join(changed['attached']) or 'none'}; "
+                         f"detached: {', '.join(changed['detached']) or 'none'}")
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    from fleet.errors import InputError
+    from roles.clusters.topology import parse_ports
+
     try:
-        group_id, changed = open_cluster(course, cluster, [m.strip() for m in members.split(",") if m.strip()],
-                                         (first, last), region)
-    except cloud.CloudError as exc:
-        raise Exit(f"cluster-network failed: {exc}", 1) from None
-    _console().print(f"cluster {cluster}: group {group_id} opens tcp {first}-{last} between its members only; "
-                     f"attached: {', '.join(changed['attached']) or 'none'}; "
-                     f"detached: {', '.join(changed['detached']) or 'none'}")
+        return parse_ports(text, lambda key, message: InputError(message, key="--ports"))
+    except InputError:
+        raise Exit(f"error: --ports expects FIRST-LAST, got {text!r}", 1) from None

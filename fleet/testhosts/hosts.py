@@ -89,6 +89,11 @@ def boot(hosts: int | Sequence[int], timeout: float = SSH_TIMEOUT, layer: Path |
 
 
 def _prepare(h: TestHost) -> None:
+    _prepare_disk(h)
+    _network(h)
+
+
+def _prepare_disk(h: TestHost) -> None:
     for d in (h.dir, h.upper, h.upper / "etc", h.work, h.root):
         d.mkdir(parents=True, exist_ok=True)
         d.chmod(0o755)                     # upper/etc becomes the host's /etc: a strict umask would break it
@@ -97,7 +102,6 @@ def _prepare(h: TestHost) -> None:
     _write(h.upper / "etc/machine-id", f"{uuid.uuid4().hex}\n")
     # without 127.0.1.1 sudo warns "unable to resolve host"
     _write(h.upper / "etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {h.name}\n")
-    _network(h)
 
 
 def _write(path: Path, text: str) -> None:
@@ -248,6 +252,27 @@ def boot_again(h: TestHost, timeout: float = SSH_TIMEOUT) -> None:
         raise HostError(f"{h.name} is still running")
     _start(h)
     _wait_ssh(h, timeout)
+
+
+def rebuild(h: TestHost, timeout: float = SSH_TIMEOUT, layer: Path | None = None) -> None:
+    """Rebuild a host in place, as a machine re-imaged at the same address: its power is cut, its
+    disk replaced by a fresh one (first boot: new SSH host keys and machine-id, nothing that was
+    installed on it), its network kept."""
+    if alive(h.pid, h._start):
+        power_cut(h)
+    unmount(h)
+    wipe(h.upper)
+    wipe(h.work)
+    _prepare_disk(h)
+    with file_lock(BASE_LOCK, fcntl.LOCK_SH):
+        _mount(h, layer)
+    # Every test host boots with the base's host keys; a re-imaged machine makes its own at first boot.
+    for kind in ("ed25519", "ecdsa", "rsa"):
+        key = h.root / f"etc/ssh/ssh_host_{kind}_key"
+        for path in (key, key.with_name(key.name + ".pub")):
+            path.unlink(missing_ok=True)
+        sh("ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{h.name}", "-f", key)
+    boot_again(h, timeout)
 
 
 # --------------------------------------------------------------------------- teardown

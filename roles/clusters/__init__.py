@@ -5,6 +5,7 @@ machines)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from fleet.engine.roles import RoleContext
 from fleet.engine.steps import Absent, Command, Directory, File, Handler, Pip, Service, Verify, reload_if_changed
@@ -60,6 +61,22 @@ CONTROLLER, ENGINES = "ipcontroller", "ipengines"
 ENGINE_FILE, CLIENT_FILE, HEAD_MARK = "fleet-cluster-engine.json", "ipcontroller-client.json", "fleet-cluster-head"
 CONFIG_DIR = "/etc/ipyparallel"
 SCRIPT = "/usr/local/lib/jupyter-fleet-ipengines"
+# The JupyterLab "IPython Clusters" panel lists the profile's security/cluster-*.json files. On the head
+# Fleet writes one for the cluster its services run; the classes it names (files/jupyter_fleet_cluster.py)
+# describe the services and refuse the panel's start and stop. The Jupyter server finds that module through
+# a config file of its own in /usr/local/etc/jupyter (a Jupyter config folder the jupyter role leaves alone).
+PANEL_FILE = "cluster-jupyter-fleet.json"
+PANEL_MODULE_DIR = "/usr/local/lib/jupyter-fleet/python"
+PANEL_MODULE = f"{PANEL_MODULE_DIR}/jupyter_fleet_cluster.py"
+PANEL_SOURCE = Path(__file__).resolve().parent / "files" / "jupyter_fleet_cluster.py"
+PANEL_CONFIG = "/usr/local/etc/jupyter/jupyter_server_config.py"
+PANEL_CONFIG_TEXT = f"""# Managed by Jupyter Fleet: the server imports the classes its cluster file names from here
+# (the "IPython Clusters" panel's view of the cluster across machines; README, Clusters across machines).
+import sys
+
+if {PANEL_MODULE_DIR!r} not in sys.path:
+    sys.path.append({PANEL_MODULE_DIR!r})
+"""
 
 
 def steps(v: HostVars, ctx: RoleContext) -> list:
@@ -88,6 +105,7 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
     user = v.jupyter_user
     security = f"{profile_dir}/security"
     engine_file, client_file, mark = f"{security}/{ENGINE_FILE}", f"{security}/{CLIENT_FILE}", f"{security}/{HEAD_MARK}"
+    panel_file = f"{security}/{PANEL_FILE}"
     config = f"{CONFIG_DIR}/cluster.py"
     is_head = cluster is not None and cluster.head == v.inventory_hostname
     items: list = []
@@ -107,6 +125,10 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
                      notify=(f"restart {CONTROLLER}",)),
                 # Says the client file is Fleet's, so a host that stops being the head removes it (and no other).
                 File(mark, f"{cluster.group}\n", mode="0600", user=user),
+                # What the "IPython Clusters" panel lists; no key in it. Read at every listing: no restart.
+                File(panel_file, panel_cluster(cluster, profile_dir, ctx), mode="0600", user=user),
+                File(PANEL_MODULE, PANEL_SOURCE.read_bytes(), notify=("restart jupyter",)),
+                File(PANEL_CONFIG, PANEL_CONFIG_TEXT, notify=("restart jupyter",)),
                 Directory(CONFIG_DIR, mode="0755"),
                 ctx.template_with("ipcontroller_cluster.py.j2", config, dict(values, **keys,
                                   internal_ports=cluster.internal_ports()), owner="root", group=user, mode="0640",
@@ -126,8 +148,11 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
                   Absent(f"/etc/systemd/system/{CONTROLLER}.service", reason="not this cluster's head"),
                   Absent(config, reason="not this cluster's head"),
                   # Only a client file Fleet wrote: one of a local cluster the student started is theirs.
-                  Command(f"rm -f -- {q(client_file)} {q(mark)}", unless=f"test ! -e {q(mark)}", user=user,
-                          writes=(client_file, mark), label=f"retire {client_file} (not this cluster's head)")]
+                  Command(f"rm -f -- {q(client_file)} {q(panel_file)} {q(mark)}", unless=f"test ! -e {q(mark)}",
+                          user=user, writes=(client_file, panel_file, mark),
+                          label=f"retire {client_file} (not this cluster's head)"),
+                  Absent(PANEL_CONFIG, reason="not a cluster's head", notify=("restart jupyter",)),
+                  Absent(PANEL_MODULE, reason="not a cluster's head", notify=("restart jupyter",))]
     if cluster is None:  # retire engines of a cluster this host left
         items += [Service(ENGINES, enabled=False, running=False),
                   Absent(f"/etc/systemd/system/{ENGINES}.service", reason="not in a cluster"),
@@ -143,6 +168,27 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
                             f"cd /home/{user} && {q(v.jupyter_venv + '/bin/python')} - <<'PY'\n{script}PY",
                             user=user, every_run=True))
     return items
+
+
+def panel_cluster(cluster: Cluster, profile_dir: str, ctx: RoleContext) -> str:
+    """The cluster file the "IPython Clusters" panel lists (ipyparallel's Cluster.to_dict, which
+    Cluster.from_file reads back): the controller on the head, one engine set per member with its
+    configured count (0 where it runs one engine per CPU: the head cannot know a worker's CPUs)."""
+    def state(host: str, unit: str, **extra) -> dict:
+        return {"cluster_id": cluster.group, "host": host, **extra, "profile_dir": profile_dir,
+                "state": "running", "unit": unit}
+
+    counts = {m: int(ctx.peer_vars(m).clusters_engines or 0) if ctx.peer_vars else 0 for m in cluster.members}
+    data = {
+        "cluster": {"cluster_id": cluster.group, "controller_args": [], "controller_ip": cluster.address,
+                    "controller_location": cluster.address, "delay": 1.0, "n": sum(counts.values()),
+                    "profile_dir": profile_dir, "class": "jupyter_fleet_cluster.ServiceCluster"},
+        "controller": {"class": "jupyter_fleet_cluster.ServiceControllerLauncher",
+                       "state": state(cluster.head, CONTROLLER)},
+        "engines": {"class": "jupyter_fleet_cluster.ServiceEngineSetLauncher",
+                    "sets": {m: state(m, ENGINES, n=counts[m]) for m in cluster.members}},
+    }
+    return json.dumps(data, indent=2) + "\n"
 
 
 def _keys(ctx: RoleContext, cluster: Cluster) -> dict[str, str]:

@@ -83,3 +83,53 @@ def test_cluster_network_task(aws, tmp_path, ami, capsys):  # noqa: F811
         tasks_cloud.cluster_network(Context(), course="geo", cluster="lab", members="nope")
     with pytest.raises(Exit, match="--ports expects FIRST-LAST"):
         tasks_cloud.cluster_network(Context(), course="geo", cluster="lab", members=names[0], ports="all")
+
+
+def test_cluster_network_reads_the_clusters_from_the_inventory(aws, tmp_path, ami, capsys):  # noqa: F811
+    """Members are the hosts of each clusters_group the real inventory file names, ports its clusters_ports."""
+    import pytest
+    import yaml
+    from invoke import Context, Exit
+
+    from fleet.aws import tasks as tasks_cloud
+
+    up("geo", 4, tmp_path, ami)
+    instances = cloud.course_instances("geo")
+    by_name = {i.name: i.id for i in instances}
+    names = sorted(by_name)                               # geo-1 .. geo-4
+    inventory = tmp_path / "geo.yml"
+    inventory.write_text(yaml.safe_dump({
+        "name": "geo",
+        "vars": {"roles": ["jupyter", "clusters"], "course_user": "student"},
+        "groups": {"lab": {"hosts": names[:3], "vars": {"clusters_group": "lab", "clusters_ports": "12000-12019"}},
+                   "solo": {"hosts": names[3:]}},
+        "hosts": {n: {"address": f"198.51.100.{i}", "user": "ubuntu"} for i, n in enumerate(names, 1)},
+    }, sort_keys=False))
+    tasks_cloud.cluster_network(Context(), course="geo", inventory=str(inventory))
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"attached: {', '.join(names[:3])}" in out and "opens tcp 12000-12019" in out, out
+    lab = group(aws, "geo", "lab")["GroupId"]
+    assert rules(aws, "geo", "lab") == [("tcp", 12000, 12019, lab)]
+    assert [n for n in names if lab in groups_of(aws, by_name[n])] == names[:3]
+
+    # A host taken out of the group in the inventory loses the cluster's group on the next run.
+    data = yaml.safe_load(inventory.read_text())
+    data["groups"]["lab"]["hosts"] = names[:2]
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    tasks_cloud.cluster_network(Context(), course="geo", inventory=str(inventory), cluster="lab")
+    assert f"detached: {names[2]}" in " ".join(capsys.readouterr().out.split())
+    assert [n for n in names if lab in groups_of(aws, by_name[n])] == names[:2]
+
+    # Bad input: refused with the file and key named, nothing touched.
+    for broken, fragment in (({"clusters_group": "nope"}, "no inventory group named 'nope'"),
+                             ({"clusters_group": "lab", "clusters_ports": "12000-12005"}, "has 6 ports")):
+        data["groups"]["lab"]["vars"] = broken
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        with pytest.raises(Exit, match=fragment) as raised:
+            tasks_cloud.cluster_network(Context(), course="geo", inventory=str(inventory))
+        assert str(inventory) in str(raised.value) and "clusters_" in str(raised.value)
+    assert [n for n in names if lab in groups_of(aws, by_name[n])] == names[:2]
+    with pytest.raises(Exit, match="defines no cluster 'other'"):
+        data["groups"]["lab"]["vars"] = {"clusters_group": "lab"}
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        tasks_cloud.cluster_network(Context(), course="geo", inventory=str(inventory), cluster="other")

@@ -80,6 +80,7 @@ def test_connection_files_pin_every_port_and_carry_the_keys(tmp_path):
     assert (config.owner, config.group, config.mode, config.secret) == ("root", "student", "0640", True)
     text = config.content.decode()
     assert "c.IPController.enable_curve = True" in text and "c.IPController.reuse_files = True" in text
+    assert "c.IPController.restore_engines = True" in text   # a restarted controller takes its engines back
     assert f'c.IPController.curve_publickey = b"{engine["curve_serverkey"]}"' in text
     assert f'c.Session.key = b"{engine["key"]}"' in text
     # Every key is masked wherever output is shown.
@@ -183,3 +184,29 @@ def test_engines_script_runs_n_engines_and_gives_each_a_gpu_in_turn(tmp_path, gp
     lines = out.read_text().splitlines()
     assert sorted(line.split()[0] for line in lines) == seen
     assert all(line.split()[1:] == ["--profile=default", f"--file={SECURITY}/fleet-cluster-engine.json"] for line in lines)
+
+
+def test_the_head_describes_the_cluster_to_the_jupyterlab_panel(tmp_path):
+    hosts = dict(HOSTS, h2={**HOSTS["h2"], "vars": {"clusters_engines": 3}})
+    plans, _ = compile_course(tmp_path, hosts=hosts)
+    head = files(plans["h1"])
+    panel = head[f"{SECURITY}/cluster-jupyter-fleet.json"]
+    assert (panel.user, panel.mode, panel.secret) == ("student", "0600", False)
+    data = json.loads(panel.content)
+    assert data["cluster"]["cluster_id"] == "lab" and data["cluster"]["class"] == "jupyter_fleet_cluster.ServiceCluster"
+    assert data["cluster"]["profile_dir"] == "/home/student/.ipython/profile_default"
+    assert data["controller"]["state"] == {"cluster_id": "lab", "host": "h1", "profile_dir":
+                                           "/home/student/.ipython/profile_default", "state": "running",
+                                           "unit": "ipcontroller"}
+    assert {m: s["n"] for m, s in data["engines"]["sets"].items()} == {"h1": 2, "h2": 3, "h3": 2}
+    assert "key" not in panel.content.decode()     # no secret in it: the keys stay in the connection files
+    module = head["/usr/local/lib/jupyter-fleet/python/jupyter_fleet_cluster.py"]
+    config = head["/usr/local/etc/jupyter/jupyter_server_config.py"]
+    assert module.notify == config.notify == ("restart jupyter",)
+    assert "/usr/local/lib/jupyter-fleet/python" in config.content.decode()
+    for other in ("h2", "h4"):    # a worker and a host outside: nothing of the panel, and any left is retired
+        assert not {p for p in files(plans[other]) if "jupyter_fleet_cluster" in p or "cluster-jupyter-fleet" in p}
+        absent = {s.path for _, s in plans[other].steps if isinstance(s, Absent)}
+        assert {module.path, config.path} <= absent
+        retire = next(s for _, s in plans[other].steps if isinstance(s, Command))
+        assert f"{SECURITY}/cluster-jupyter-fleet.json" in retire.command

@@ -2,7 +2,9 @@
 
 Through the head's tunnel and token a notebook kernel reaches every member's engines; a map over
 1,000 items runs on all of them; a worker whose engines are killed and which loses power comes
-back; the outside host, with the head's address and ports but not the keys, can neither register
+back, and so does one rebuilt with a new host key once the instructor drops its old key; the
+JupyterLab "IPython Clusters" panel's listing shows the cluster with every member's engines, and
+its stop button is refused; the outside host, with the head's address and ports but not the keys, can neither register
 an engine nor submit work (while the same command with the real file does register, so the
 network itself is open); `check` reports a member whose engines are down; a worker taken out of
 the group is retired and put back; a second run changes nothing.
@@ -19,6 +21,7 @@ import json
 import time
 
 import pytest
+import requests
 import yaml
 
 from fleet.testhosts import hosts as testhosts
@@ -72,10 +75,14 @@ def expected(hosts) -> dict[str, int]:
     return {head.name: 1, w1.name: 2, w2.name: 1}
 
 
-def run_cell(head, state, inventory, engines: int) -> dict:
+def token_of(head, state, inventory) -> str:
     handout = fleet("handout", "--format", "csv", state=state, inventory=inventory)
     row = {r["host"]: r for r in csv.DictReader(io.StringIO(handout.output))}[head.name]
-    token = row["url"].split("token=")[1]
+    return row["url"].split("token=")[1]
+
+
+def run_cell(head, state, inventory, engines: int) -> dict:
+    token = token_of(head, state, inventory)
     with ssh_tunnel(head, 8888) as port:
         client = Jupyter(port, token)
         kernel = client.start_kernel("python3")
@@ -107,6 +114,34 @@ def test_a_notebook_on_the_head_reaches_every_engine(course):
     result = run_cell(hosts[0], state, inventory, 4)
     assert result["engines"] == expected(hosts)
     assert result["ok"] is True and result["map_hosts"] == sorted(expected(hosts))
+
+
+def panel_listing(client: Jupyter) -> dict:
+    """The cluster across machines as the JupyterLab "IPython Clusters" panel gets it."""
+    response = client.get("/ipyparallel/clusters")
+    response.raise_for_status()
+    return {model["id"]: model for model in response.json()}["default:lab"]
+
+
+def test_the_jupyterlab_panel_lists_the_cluster_and_its_stop_changes_nothing(course):
+    hosts, state, inventory, _ = course
+    head = hosts[0]
+    with ssh_tunnel(head, 8888) as port:
+        client = Jupyter(port, token_of(head, state, inventory))
+        # The endpoint the panel calls: the cluster is listed as running, with every member's engines.
+        model = panel_listing(client)
+        assert "controller" in model and model["engines"]["n"] == 4, model
+        assert {m: s["n"] for m, s in model["engines"]["sets"].items()} == expected(hosts)
+        # The panel's stop button: refused with a message; no service stops, no engine leaves, the file stays.
+        stop = requests.delete(f"{client.base}/ipyparallel/clusters/default:lab", headers=client.auth, timeout=30)
+        assert stop.status_code == 409 and "systemd" in stop.json()["message"], stop.text
+        start = client.post("/ipyparallel/clusters/default:lab")
+        assert start.status_code == 409, start.text
+        assert sh(head, "systemctl is-active ipcontroller ipengines").stdout.split() == ["active", "active"]
+        assert engine_count(head) == 4
+        again = panel_listing(client)
+        assert "controller" in again and again["engines"]["n"] == 4
+    assert sh(head, f"stat -c '%U %a' {SECURITY}/cluster-jupyter-fleet.json").stdout.split() == ["student", "600"]
 
 
 def test_ports_keys_and_file_modes(course):
@@ -194,6 +229,29 @@ def test_killed_engines_and_a_power_cut_worker_come_back(course):
     assert result["engines"] == expected(hosts) and result["ok"] is True
 
 
+def test_a_worker_rebuilt_with_a_new_host_key_comes_back(course):
+    hosts, state, inventory, _ = course
+    head, _, w2, _ = hosts
+    known = state / "known_hosts"
+    fingerprint = "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
+    before = sh(w2, fingerprint).stdout.split()[1]
+    testhosts.rebuild(w2)    # a fresh disk at the same address: new host keys, nothing of the cluster
+    assert sh(w2, fingerprint).stdout.split()[1] != before
+    assert sh(w2, "test -e /etc/systemd/system/ipengines.service", check=False).returncode == 1
+    assert fleet("disconnect", state=state).rc == 0    # the connection kept to the old machine is gone with it
+    refused = fleet("provision", "--hosts", w2.name, state=state, inventory=inventory)
+    assert refused.rc == 3 and "If the machine was rebuilt, remove its line" in refused.output, refused.output[-3000:]
+    # What that message (and README) asks of the instructor: remove the machine's line, provision again.
+    kept = [line for line in known.read_text().splitlines(True) if line.split(" ", 1)[0] != w2.address]
+    known.write_text("".join(kept))
+    run = fleet("provision", state=state, inventory=inventory, timeout=1500)
+    assert run.rc == 0, run.output[-4000:]
+    assert {v["name"]: v["ok"] for v in run.report["hosts"][head.name]["verifies"]}[VERIFY]
+    assert f"{w2.address} " in known.read_text()      # its new key recorded (trust on first use)
+    result = run_cell(head, state, inventory, 4)
+    assert result["engines"] == expected(hosts) and result["ok"] is True
+
+
 def test_check_reports_a_member_whose_engines_are_down(course):
     hosts, state, inventory, _ = course
     head, _, w2, _ = hosts
@@ -246,3 +304,19 @@ def test_second_run_changes_nothing(course):
         assert changed_steps(again.report, host.name) == [], host.name
         assert again.report["hosts"][host.name]["handlers"] == []
     assert sh(head, "systemctl show -p MainPID --value ipcontroller").stdout.strip() == pid
+
+
+def test_a_restarted_controller_keeps_every_engine_and_the_panel_follows(course):
+    """Last in the module: the controller's own restart (a crash, the head's reboot)."""
+    hosts, state, inventory, _ = course
+    head = hosts[0]
+    with ssh_tunnel(head, 8888) as port:
+        client = Jupyter(port, token_of(head, state, inventory))
+        sh(head, "systemctl stop ipcontroller")
+        try:
+            assert "controller" not in panel_listing(client)    # the listing is systemd's state of the moment
+        finally:
+            sh(head, "systemctl start ipcontroller")
+        assert "controller" in panel_listing(client)
+    result = run_cell(head, state, inventory, 4)
+    assert result["engines"] == expected(hosts) and result["ok"] is True
