@@ -27,6 +27,9 @@ from fleet.testhosts import hosts as testhosts
 
 DEPLOY = bench.PROJECT / "bench" / "pyinfra_deploy.py"
 PEERS = ("pyinfra",)
+# At most this long waiting for a quiet machine before each timed phase: the machine may be
+# shared (other test runs), and never going quiet must not add minutes per host count.
+SETTLE_S = 60
 MISSING = ("`--peer pyinfra` needs pyinfra, which is not installed: install the `bench` extra "
            "(pip install -e '.[bench]'), or pass --peer-bin with the pyinfra command of another venv")
 
@@ -162,14 +165,14 @@ def compare(n: int, command: list[str], url: str, workdir: Path, noops: int = 5,
         mine, theirs = hosts[:n], hosts[n:]
         bench.write_inventory(mine, fleet_inventory, url)
         write_inventory(theirs, peer_inventory, workload(url), state / "known_hosts")
-        bench.wait_until_quiet()
+        settled = [bench.wait_until_quiet(limit_s=SETTLE_S)]
         cold: dict[str, dict] = {}
         for tool in (["fleet", "pyinfra"] if fleet_first else ["pyinfra", "fleet"]):
             run = bench.provision(state, fleet_inventory) if tool == "fleet" else run_pyinfra(command, peer_inventory)
             if not (fleet_ok if tool == "fleet" else pyinfra_ok)(run, changed=True):
                 raise SystemExit(f"cold run of {tool} on {n} hosts failed:\n{run['output'][-3000:]}")
             cold[tool] = run
-            bench.wait_until_quiet()
+            settled.append(bench.wait_until_quiet(limit_s=SETTLE_S))
         runs: dict[str, list[dict]] = {"fleet": [], "pyinfra": []}
         for tool in alternate(noops, "fleet" if fleet_first else "pyinfra"):
             run = bench.provision(state, fleet_inventory) if tool == "fleet" else run_pyinfra(command, peer_inventory)
@@ -178,7 +181,7 @@ def compare(n: int, command: list[str], url: str, workdir: Path, noops: int = 5,
                 raise SystemExit(f"a no-op run of {tool} on {n} hosts changed something {detail}:\n{run['output'][-3000:]}")
             runs[tool].append(run)
         fleet_slowest = max(cold["fleet"]["report"]["hosts"].values(), key=lambda h: h["seconds"])
-        result = {"hosts": n, "order": "fleet first" if fleet_first else "pyinfra first"}
+        result = {"hosts": n, "order": "fleet first" if fleet_first else "pyinfra first", "settle_s": settled}
         for tool in ("fleet", "pyinfra"):
             result[tool] = {"cold_s": round(cold[tool]["wall"], 1), "cold_cpu_s": round(cold[tool]["cpu"], 1),
                             "noop_s": [round(r["wall"], 2) for r in runs[tool]],

@@ -42,7 +42,10 @@ server.shell(name="reload sshd", commands=["sshd -t && systemctl reload ssh"], _
 # the server: folder, venv, config, unit
 files.directory(name="notebooks folder", path=d.jupyter_notebook_dir, user=user, group=user, mode="755")
 venv_op = pip.venv(name=f"venv {venv}", path=venv, python="python3")
-packages = pip.packages(name="pip " + " ".join(d.pip_packages), packages=list(d.pip_packages), virtualenv=venv)
+# Test hosts share one pip cache (/root/.cache/pip, a bind mount, see fleet/testhosts): a class's
+# fresh machines have none, and Fleet's installer keeps its cache per host, so pip's is per host here.
+packages = pip.packages(name="pip " + " ".join(d.pip_packages), packages=list(d.pip_packages), virtualenv=venv,
+                        _env={"PIP_CACHE_DIR": "/var/cache/bench-pip"})
 config = files.template(name="jupyter config", src=str(TEMPLATES / "jupyter_server_config.py.j2"), dest=CONFIG,
                         user="root", group=user, mode="640", **values)
 json_configs = [files.file(name=f"no {path}", path=path, present=False)
