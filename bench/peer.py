@@ -116,7 +116,7 @@ def totals(stdout: str) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         return {"success": None, "error": None, "no_change": None, "failed_hosts": None}
     return {**results["totals"], "failed_hosts": results["failed_hosts"],
-            "changed_ops": sorted({op["name"] for op in results["operations"] if op["success"]})}
+            "changed_ops": sorted({(op.get("names") or [op["name"]])[0] for op in results["operations"] if op["success"]})}
 
 
 def run_pyinfra(command: list[str], inventory: Path) -> dict[str, Any]:
@@ -242,6 +242,7 @@ def main(counts: list[int], json_path: str, peer: str, peer_bin: str | None = No
                                     f"then {noops} alternated no-op runs each")
                 results.append(compare(n, command, url, workdir, noops=noops, fleet_first=index % 2 == 0))
                 bench.console.print(results[-1])
+                write_json(json_path, version, noops, results)   # after each count: a later one may not finish
         finally:
             git.terminate()
     table = Table(title=f"Jupyter Fleet and {version}, same workload and host count "
@@ -251,9 +252,12 @@ def main(counts: list[int], json_path: str, peer: str, peer_bin: str | None = No
     for row in rows(results):
         table.add_row(*row)
     bench.console.print(table)
+    bench.console.print(f"wrote {json_path}")
+    return 0
+
+
+def write_json(json_path: str, version: str, noops: int, results: list[dict]) -> None:
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": {"cpus": os.cpu_count()}, "peer": version,
            "noop_runs": noops, "results": results}
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(out, indent=2))
-    bench.console.print(f"wrote {json_path}")
-    return 0
