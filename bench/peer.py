@@ -222,7 +222,7 @@ def main(counts: list[int], json_path: str, peer: str, peer_bin: str | None = No
     try:
         command = check_peer(peer, peer_bin)
     except PeerError as exc:
-        bench.console.print(str(exc))
+        bench.console.print(str(exc), markup=False)   # "[bench]" is not rich markup
         return 1
     if os.geteuid() != 0:
         bench.console.print("the benchmark boots local test hosts: run it as root")
