@@ -124,7 +124,7 @@ def run_pyinfra(command: list[str], inventory: Path) -> dict[str, Any]:
     argv = [*command, "-y", "--sudo", "--json", str(inventory), str(DEPLOY)]
     env = dict(os.environ, PYINFRA_PROGRESS="off")
     cpu0, t0 = bench.machine_cpu_seconds(), time.perf_counter()
-    proc = subprocess.run(argv, cwd=bench.PROJECT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=bench.PROJECT, env=env, capture_output=True, text=True, check=False)
     wall, cpu = time.perf_counter() - t0, bench.machine_cpu_seconds() - cpu0
     return {"rc": proc.returncode, "wall": wall, "cpu": cpu, "totals": totals(proc.stdout),
             "output": (proc.stderr + proc.stdout)[-4000:]}
@@ -181,7 +181,7 @@ def compare(n: int, command: list[str], url: str, workdir: Path, noops: int = 5,
                 raise SystemExit(f"a no-op run of {tool} on {n} hosts changed something {detail}:\n{run['output'][-3000:]}")
             runs[tool].append(run)
         fleet_slowest = max(cold["fleet"]["report"]["hosts"].values(), key=lambda h: h["seconds"])
-        result = {"hosts": n, "order": "fleet first" if fleet_first else "pyinfra first", "settle_s": settled}
+        result: dict[str, Any] = {"hosts": n, "order": "fleet first" if fleet_first else "pyinfra first", "settle_s": settled}
         for tool in ("fleet", "pyinfra"):
             result[tool] = {"cold_s": round(cold[tool]["wall"], 1), "cold_cpu_s": round(cold[tool]["cpu"], 1),
                             "noop_s": [round(r["wall"], 2) for r in runs[tool]],
@@ -211,13 +211,14 @@ def rows(results: list[dict]) -> list[list[str]]:
 
 
 def pyinfra_version(command: list[str]) -> str:
-    proc = subprocess.run([*command, "--version"], capture_output=True, text=True)
+    proc = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False)
     return (proc.stdout or proc.stderr).strip()
 
 
 def main(counts: list[int], json_path: str, peer: str, peer_bin: str | None = None, noops: int = 5) -> int:
-    from rich.table import Table
     import tempfile
+
+    from rich.table import Table
 
     try:
         command = check_peer(peer, peer_bin)
