@@ -150,10 +150,13 @@ def test(c, k=None, unit=False):
 
 
 @task(help={"hosts": "host counts to measure, comma separated (default 1,10,30)", "json": "write results here",
-            "baked-only": "only the cold run from a baked image (skips the bare runs, the long part)"})
-def bench(c, hosts="1,10,30", json="bench/results.json", baked_only=False):
+            "baked-only": "only the cold run from a baked image (skips the bare runs, the long part)",
+            "peer": "instead, Fleet side by side with this tool on the same workload: pyinfra (the `bench` extra)",
+            "peer-bin": "the peer's command, when it lives in another venv (e.g. /opt/pyinfra/bin/pyinfra)"})
+def bench(c, hosts="1,10,30", json="bench/results.json", baked_only=False, peer="", peer_bin=""):
     """Benchmark cold provision (bare and from a baked image), no-op re-runs and drift repair on local test hosts."""
-    cli.bench(counts=[int(n) for n in str(hosts).split(",") if n.strip()], json_path=json, baked_only=baked_only)
+    cli.bench(counts=[int(n) for n in str(hosts).split(",") if n.strip()], json_path=json, baked_only=baked_only,
+              peer=peer or None, peer_bin=peer_bin or None)
 
 
 ns = Collection(provision, check, facts, vars, tunnel, handout, students, lock, gpus, report, disconnect, demo,

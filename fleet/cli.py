@@ -242,7 +242,12 @@ def restore(student: str, host: str | None, from_: str | None, inventory: str | 
     restore_work(student, host, from_, inventory, to, overwrite, insecure_host_keys, console)
 
 
-def bench(counts: list[int], json_path: str, baked_only: bool = False) -> None:
+def bench(counts: list[int], json_path: str, baked_only: bool = False, peer: str | None = None,
+          peer_bin: str | None = None) -> None:
+    if peer:   # the side-by-side run with another tool (bench/peer.py); pyinfra is imported only there
+        from bench.peer import main as compare  # type: ignore[import-not-found]
+
+        raise Exit(code=compare(counts, json_path, peer, peer_bin))
     from bench.run import main  # type: ignore[import-not-found]
 
     raise Exit(code=main(counts, json_path, baked_only))
