@@ -30,8 +30,12 @@ PEERS = ("pyinfra",)
 # At most this long waiting for a quiet machine before each timed phase: the machine may be
 # shared (other test runs), and never going quiet must not add minutes per host count.
 SETTLE_S = 60
-MISSING = ("`--peer pyinfra` needs pyinfra, which is not installed: install the `bench` extra "
-           "(pip install -e '.[bench]'), or pass --peer-bin with the pyinfra command of another venv")
+# Where scripts/install-deps puts pyinfra: a venv of its own, since pyinfra 3 needs paramiko < 5
+# and Fabric here runs on paramiko 5.
+PROJECT_VENV = bench.PROJECT / ".venv-bench" / "bin" / "pyinfra"
+MISSING = ("`--peer pyinfra` needs pyinfra, which is not installed: run scripts/install-deps (it makes "
+           ".venv-bench), install the `bench` extra (pip install -e '.[bench]'), or pass --peer-bin with the "
+           "pyinfra command of another venv")
 
 
 class PeerError(Exception):
@@ -39,15 +43,18 @@ class PeerError(Exception):
 
 
 def pyinfra_command(peer_bin: str | None = None) -> list[str]:
-    """How to run pyinfra: the given executable, else the module in this Python (the extra)."""
+    """How to run pyinfra: the given executable, else the module in this Python (the extra), else
+    the project's .venv-bench."""
     if peer_bin:
         path = Path(peer_bin)
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise PeerError(f"--peer-bin {peer_bin}: not an executable file (expected the `pyinfra` command of a venv)")
         return [str(path)]
-    if importlib.util.find_spec("pyinfra") is None:
-        raise PeerError(MISSING)
-    return [sys.executable, "-m", "pyinfra"]
+    if importlib.util.find_spec("pyinfra") is not None:
+        return [sys.executable, "-m", "pyinfra"]
+    if os.access(PROJECT_VENV, os.X_OK):
+        return [str(PROJECT_VENV)]
+    raise PeerError(MISSING)
 
 
 def check_peer(peer: str, peer_bin: str | None) -> list[str]:

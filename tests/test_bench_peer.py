@@ -16,15 +16,17 @@ from fleet.testhosts.common import TestHost
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def test_missing_pyinfra_names_the_extra(monkeypatch):
+def test_missing_pyinfra_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setattr(peer.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(peer, "PROJECT_VENV", tmp_path / "none")
     with pytest.raises(peer.PeerError) as err:
         peer.pyinfra_command()
     assert "`bench` extra" in str(err.value) and "pip install -e '.[bench]'" in str(err.value)
 
 
-def test_missing_pyinfra_stops_before_any_host(monkeypatch, capsys):
+def test_missing_pyinfra_stops_before_any_host(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(peer.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(peer, "PROJECT_VENV", tmp_path / "none")
     monkeypatch.setattr(peer.testhosts, "boot", lambda n: pytest.fail("booted hosts without pyinfra"))
     monkeypatch.setattr(peer.testhosts, "controller_setup", lambda: pytest.fail("set up the controller without pyinfra"))
     assert peer.main([5], "unused.json", "pyinfra") == 1

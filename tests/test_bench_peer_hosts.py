@@ -25,8 +25,8 @@ PACKAGE = "six==1.17.0"
 @pytest.fixture(scope="module")
 def lab(hosts_factory, tmp_path_factory):
     given = os.environ.get("FLEET_BENCH_PYINFRA")
-    require(bool(given) or importlib.util.find_spec("pyinfra") is not None,
-            "pyinfra is not installed (the `bench` extra) and FLEET_BENCH_PYINFRA is not set")
+    require(bool(given) or importlib.util.find_spec("pyinfra") is not None or os.access(peer.PROJECT_VENV, os.X_OK),
+            "pyinfra is not installed (scripts/install-deps makes .venv-bench) and FLEET_BENCH_PYINFRA is not set")
     command = peer.pyinfra_command(given)
     [host] = hosts_factory(1)
     work = tmp_path_factory.mktemp("bench-peer")
