@@ -163,8 +163,9 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
     script = probe.script()
     early = speculation.current.claim(plan.host, options.connect, script) if speculation.current else None
     if early:   # sent before the engine loaded, and the same script: fleet.engine.speculation
-        probe.nonce, rc, output = early
+        probe.nonce, rc, output, logins = early
         conn.commands += 1          # it ran on this host for this run, only sooner
+        conn.connections += logins
         result.early_probe = True
     else:
         rc, output = conn.run_script(script)

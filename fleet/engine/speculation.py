@@ -61,6 +61,7 @@ class _Early:
     nonce: str
     done: threading.Event = field(default_factory=threading.Event)
     answer: tuple[int, str] | None = None
+    logins: int = 0                 # new SSH logins it made (a kept connection had died)
 
 
 @dataclass
@@ -70,8 +71,8 @@ class Speculation:
     started: dict[str, _Early] = field(default_factory=dict)
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)   # this run's probes, to store
 
-    def claim(self, host: Any, options: Any, script: str) -> tuple[str, int, str] | None:
-        """The early answer to this probe script, as (nonce, exit status, output), if one was sent
+    def claim(self, host: Any, options: Any, script: str) -> tuple[str, int, str, int] | None:
+        """The early answer to this probe script, as (nonce, exit status, output, logins), if one was sent
         and the script is the same; None: probe now. Records the script for the next run."""
         nonce_line, _, template = script.partition("\n")
         if _can_speculate(host, options):
@@ -83,7 +84,7 @@ class Speculation:
         early.done.wait()
         if early.answer is None:
             return None
-        return early.nonce, *early.answer
+        return early.nonce, *early.answer, early.logins
 
     def save(self, inventory_source: str, ok_hosts: Sequence[str]) -> None:
         """Remember this run's probes of the hosts that answered, for the same command next time."""
@@ -136,6 +137,7 @@ def _probe(early: _Early, entry: dict[str, Any], state: Path, persist: int) -> N
         try:
             conn.open()
             early.answer = conn.run_script(f"__N={early.nonce}\n{early.template}")
+            early.logins = conn.connections
         finally:
             conn.close()
     except Exception:   # any failure: the run probes this host itself, as always
