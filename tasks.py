@@ -4,9 +4,15 @@ Thin on purpose: arguments and help live here, the work in the `fleet` package.
 """
 from __future__ import annotations
 
-from invoke import Collection, Exit, task
+import sys
 
-from fleet import cli
+from fleet.engine import speculation
+
+speculation.start(sys.argv)  # last run's probes leave for the hosts while the engine loads
+
+from invoke import Collection, Exit, task  # noqa: E402
+
+from fleet import cli  # noqa: E402
 
 HOSTS = "host pattern: names, groups, globs (gpu-*), comma lists, !exclusions, @failed"
 INVENTORY = "inventory file, or aws:COURSE (default: $FLEET_INVENTORY, inventory/local.yml, inventory/aws-lab.yml)"

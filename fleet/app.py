@@ -12,7 +12,7 @@ from typing import Iterator
 from rich.console import Console
 from rich.table import Table
 
-from fleet.engine import history, state
+from fleet.engine import history, speculation, state
 from fleet.engine.compile import compile_plans, host_vars, wanted_packages
 from fleet.engine.git import RefResolver
 from fleet.engine.report import Reporter, console_width, write_json
@@ -128,6 +128,8 @@ def provision(hosts: str, inventory: str | None = None, roles: str | None = None
         reporter.start(len(plans), "checking" if check else "provisioning")
         run = run_fleet(plans, options, stop, on_start=reporter.host_started, on_done=reporter.host_done)
     reporter.recap(run)
+    if speculation.current:
+        speculation.current.save(session.inventory.source, [n for n, r in run.hosts.items() if r.status in ("ok", "changed", "drift")])
     if not check:
         state.remember_failed(session.inventory.source, run.failed)
         history.record(session.inventory.source, run)

@@ -34,6 +34,7 @@ class HostResult:
     seconds: float = 0.0
     connections: int = 0
     commands: int = 0
+    early_probe: bool = False   # its probe was sent before the engine loaded (fleet.engine.speculation)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)

@@ -118,3 +118,30 @@ def test_drift_on_one_host_is_reported_by_check_and_repaired(lab):
     assert sh(drifted, "dpkg-query -W -f='${Status}' tree").stdout == "install ok installed"
     final = fleet("check", state=state, inventory=inventory, roles_path=True)
     assert final.rc == 0, final.output
+
+
+def test_a_rerun_probes_before_the_engine_loads_and_still_sees_drift(lab):
+    """fleet.engine.speculation: the same command line sends last run's probe through the keeper
+    first; the answer is used, and it is today's state of the host, not last run's."""
+    hosts, state, inventory, _ = lab
+    first_check = fleet("check", state=state, inventory=inventory, roles_path=True)   # remembers check's probe
+    assert first_check.rc == 0, first_check.output
+    sh(hosts[0], "echo COURSE=changed > /srv/allsteps/env")
+    check = fleet("check", state=state, inventory=inventory, roles_path=True)
+    assert check.rc == 4, check.output
+    assert all(check.report["hosts"][h.name]["early_probe"] for h in hosts)
+    assert [h for h, r in check.report["hosts"].items() if r["status"] == "drift"] == [hosts[0].name]
+    repair = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert repair.rc == 0 and all(repair.report["hosts"][h.name]["early_probe"] for h in hosts), repair.output
+    assert sh(hosts[0], "cat /srv/allsteps/env").stdout == "COURSE=allsteps\n"
+
+
+def test_an_edited_inventory_is_probed_afresh(lab):
+    hosts, state, inventory, _ = lab
+    inventory.write_text(inventory.read_text() + "\n# edited\n")
+    run = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert run.rc == 0, run.output
+    assert not any(run.report["hosts"][h.name]["early_probe"] for h in hosts)
+    again = fleet("provision", state=state, inventory=inventory, roles_path=True)
+    assert all(again.report["hosts"][h.name]["early_probe"] for h in hosts)
+    assert {r["status"] for r in again.report["hosts"].values()} == {"ok"}
