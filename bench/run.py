@@ -133,6 +133,17 @@ def write_inventory(hosts, path: Path, url: str) -> None:
     for index, name in enumerate(data["hosts"]):
         data["hosts"][name]["vars"] = {"jupyter_port": 8800 + index}  # a per-host value in the templates
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    lock(path)
+
+
+def lock(inventory: Path) -> None:
+    """The course's lock, as a course commits it before a class (`invoke lock`; not timed): the
+    cold run then gets one download per class (fleet.engine.sending)."""
+    argv = [sys.executable, "-m", "invoke", "lock", "--inventory", str(inventory)]
+    env = dict(os.environ, FLEET_STATE_DIR=str(inventory.parent))
+    done = subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"invoke lock failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
 
 def slowest_steps(host_report: dict, count: int = 6) -> list[dict]:
