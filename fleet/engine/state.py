@@ -38,7 +38,8 @@ def last_failed(inventory_source: str) -> list[str] | None:
     path = _runs_file()
     if not path.exists():
         return None
-    return json.loads(path.read_text()).get(_key(inventory_source))
+    runs: dict[str, list[str]] = json.loads(path.read_text())
+    return runs.get(_key(inventory_source))
 
 
 # ------------------------------------------------------------------ handouts
