@@ -3,7 +3,7 @@ wheel that cannot run (e.g. Hopper GPUs, old drivers) before anything is install
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from packaging.utils import canonicalize_name
 
@@ -25,7 +25,7 @@ class FrameworkGate(Step):
 
     PATHLESS = "it only reads the GPU facts"
     framework: str = "mxnet"
-    prefer: str = "auto"
+    prefer: Literal["auto", "cpu", "gpu"] = "auto"
     cuda: str = ""
     allow_cpu_fallback: bool = False
     notify: tuple[str, ...] = ()

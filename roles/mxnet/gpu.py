@@ -607,7 +607,8 @@ def choose_mxnet_build(
     if not runnable:   # each GPU has a wheel, but no one wheel has kernels for all of them
         per_gpu = []
         for name, cc in dict.fromkeys((g.name, g.compute_cap) for g in gpus):
-            ok = [w.package.removeprefix("mxnet-") for w in MXNET_WHEELS.values() if w.runs_on(cc)]
+            ok = [w.package.removeprefix("mxnet-") for w in MXNET_WHEELS.values()
+                  if isinstance(cc, tuple) and w.runs_on(cc)]   # it is: _cc_refusal turned away the rest
             per_gpu.append(f"{name} ({_fmt_cc(cc)}) runs only {ok[0]}..{ok[-1]}")
         return _refuse_or_fallback(
             f"no MXNet {MXNET_VERSION} GPU wheel has kernels for every GPU of this host: "
