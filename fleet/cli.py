@@ -243,6 +243,6 @@ def restore(student: str, host: str | None, from_: str | None, inventory: str | 
 
 
 def bench(counts: list[int], json_path: str, baked_only: bool = False) -> None:
-    from bench.run import main  # type: ignore[import-not-found]
+    from bench.run import main
 
     raise Exit(code=main(counts, json_path, baked_only))
