@@ -13,11 +13,17 @@ DIRECTIVE = "# shellcheck shell=bash\n"
 
 
 def load(name: str, **values: str) -> str:
-    """The text of a host script, its directive dropped and each @NAME@ replaced by values[NAME]."""
-    text = (HERE / name).read_text().removeprefix(DIRECTIVE)
+    """The text of one of the engine's host scripts (a file in this folder): see `read`."""
+    return read(HERE / name, **values)
+
+
+def read(path: Path, **values: str) -> str:
+    """The text of a host script (the engine's, or a role's under roles/NAME/files), its
+    shellcheck directive dropped and each @NAME@ replaced by values[NAME]."""
+    text = path.read_text().removeprefix(DIRECTIVE)
     for key, value in values.items():
         marker = f"@{key}@"
         if marker not in text:
-            raise KeyError(f"{name} has no {marker}")
+            raise KeyError(f"{path.name} has no {marker}")
         text = text.replace(marker, value)
     return text
