@@ -177,7 +177,7 @@ def _start(path: Path, state_dir: Path, persist: int) -> socket.socket:
     while time.monotonic() < deadline:
         sock = _connect_socket(path)
         version = _greeting(sock) if sock else None
-        if version == VERSION:
+        if sock and version == VERSION:
             return sock
         if sock:
             sock.close()
