@@ -64,7 +64,7 @@ class KeptConnection:
             reply = self._call(request)
         self.connections += int(reply["new"])
 
-    def run_script(self, script: str, timeout: int | None = None,
+    def run_script(self, script: str, timeout: int | None = None, *,
                    files: Sequence[tuple[Path, str]] = ()) -> tuple[int, str]:
         self.commands += 1
         # The keeper runs as this user on this machine: it reads the files itself, by path.

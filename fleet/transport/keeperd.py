@@ -240,12 +240,12 @@ class Keeper:
         conn, new = self._connection(host, options)
         files = [(Path(path), name) for path, name in request.get("files") or ()]
         try:
-            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files)
+            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files=files)
         except ChannelRefused:
             # The kept connection died since (host rebooted, network changed): nothing ran, so
             # log in again and run it once more.
             conn, new = self._connection(host, options, dead=conn)
-            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files)
+            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files=files)
         return {"status": status, "output": output, "new": new}
 
 

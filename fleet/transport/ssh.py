@@ -93,7 +93,7 @@ class SSHConnection:
     def close(self) -> None:
         self.conn.close()
 
-    def run_script(self, script: str, timeout: int | None = None, sudo_password: str | None = None,
+    def run_script(self, script: str, timeout: int | None = None, sudo_password: str | None = None, *,
                    files: Sequence[tuple[Path, str]] = ()) -> tuple[int, str]:
         """Run a bash script as root; return (exit status, stdout and stderr together). `files`
         follow the script on stdin as a tar stream, for the script's last line to read."""
