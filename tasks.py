@@ -144,9 +144,23 @@ def restore(c, student=None, host=None, from_=None, inventory=None, to=None, ove
                 insecure_host_keys=insecure_host_keys)
 
 
-@task(help={"k": "only tests matching this expression", "unit": "skip the tests that boot hosts"})
-def test(c, k=None, unit=False):
-    """Run the whole test suite (integration tests boot real hosts and need root)."""
+@task
+def lint(c):
+    """The static checks alone: ruff, mypy and shellcheck (settings in pyproject.toml)."""
+    from fleet import lint as checks
+
+    if checks.main():
+        raise Exit(code=1)
+
+
+@task(help={"k": "only tests matching this expression", "unit": "skip the tests that boot hosts",
+            "lint": "run the static checks first (default; --no-lint skips them)"})
+def test(c, k=None, unit=False, lint=True):
+    """Run the static checks (ruff, mypy, shellcheck), then the whole test suite (integration tests boot real hosts and need root)."""
+    from fleet import lint as checks
+
+    if lint and checks.main():
+        raise Exit("invoke test: the static checks found something (above); fix it, or see `invoke lint`", 1)
     args = ["-m", "not hosts"] if unit else []
     if k:
         args += ["-k", k]
@@ -166,7 +180,7 @@ def bench(c, hosts="1,10,30", json="bench/results.json", baked_only=False, peer=
 
 
 ns = Collection(provision, check, facts, vars, tunnel, handout, students, lock, gpus, report, disconnect, demo,
-                demo_down, test, bench, collect, restore)
+                demo_down, lint, test, bench, collect, restore)
 try:
     from fleet.aws import tasks as tasks_cloud  # launch, status, stop, start, terminate, snapshot, bake, images (boto3)
 

@@ -19,13 +19,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from fleet.engine import imageprep
+from fleet.imaging import imageprep
 from fleet.testhosts import hosts as testhosts
 from fleet.testhosts import layers
 
@@ -281,7 +281,7 @@ def main(counts: list[int], json_path: str, baked_only: bool = False) -> int:
             console.print("[bold]baking[/]: one host provisioned with the workload, prepared, baked into a layer")
             layer, baked = bake(url, workdir)
             console.print(baked)
-            results = []
+            results: list[dict[str, Any]] = []
             for n in counts:
                 if baked_only:   # the bare runs are the long part (12 minutes at N=30): skipped on request
                     console.print(f"[bold]{n} hosts[/]: cold from the baked image only")

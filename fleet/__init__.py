@@ -7,3 +7,25 @@ app.py and access.py sit on top, beside the shared basics (errors, shell, yamlfi
 """
 
 __version__ = "0.1.0"
+
+
+def _refuse_a_copy_without_its_checkout() -> None:
+    """The package runs from its source checkout: the roles, templates, benchmark and inventories
+    it reads sit beside it there (roles/, templates/, bench/, inventory/), and its state folder,
+    .fleet/, is the checkout's. A `pip install .` copies the package alone into site-packages, so
+    such a copy is refused here, before anything runs, with the way that works. (A copy of the
+    package elsewhere, as some tests make, is left alone.)"""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    installed = here.parent.name in ("site-packages", "dist-packages")
+    if not installed or ((here.parent / "roles" / "__init__.py").is_file() and (here.parent / "templates").is_dir()):
+        return
+    raise ImportError(
+        f"jupyter-fleet runs from its source checkout, but this copy of the package ({here}) has no roles/ "
+        "and templates/ beside it (a `pip install .` copies the package alone). Install it from a clone "
+        "instead, editable: `git clone <repository> jupyter-fleet && cd jupyter-fleet && pip install -e '.[test]'` "
+        "(or, as root, `bash scripts/install-deps`), then run `invoke` in that folder.")
+
+
+_refuse_a_copy_without_its_checkout()

@@ -22,6 +22,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from rich.console import Console
 
+from fleet import classreport_jupyter
 from fleet.coursework.store import human_bytes, last_collects
 from fleet.coursework.targets import work_roots
 from fleet.engine import history
@@ -41,26 +42,10 @@ STATUSES = ("ok", "changed", "drift", "failed", "unreachable", "interrupted", "s
 # ---------------------------------------------------------------- facts (read-only, one probe)
 
 def _jupyter_command(address: str, port: int, token: str) -> str:
-    """GET /api (no token: is it answering, which version) and /api/kernelspecs (with the token:
-    what the server lists). The program and the token reach python on stdin, never in arguments."""
-    program = f"""
-import json, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({{}}))
-base = {json.dumps(f"http://{address}:{port}")}
-out = {{"answering": False}}
-try:
-    with opener.open(base + "/api", timeout=5) as r:
-        out.update(answering=True, version=json.load(r).get("version"))
-    req = urllib.request.Request(base + "/api/kernelspecs", headers={{"Authorization": "token " + {json.dumps(token)}}})
-    with opener.open(req, timeout=5) as r:
-        specs = json.load(r)
-    out["default"] = specs.get("default")
-    out["kernels"] = sorted((n, (s.get("spec") or {{}}).get("display_name", n))
-                            for n, s in specs.get("kernelspecs", {{}}).items())
-except Exception as exc:
-    out["error"] = (exc.__class__.__name__ + ": " + str(exc))[:200]
-print(json.dumps(out))
-"""
+    """fleet/classreport_jupyter.py and a call of its main: the program and the token reach
+    python on stdin, never in arguments."""
+    program = (Path(classreport_jupyter.__file__).read_text()
+               + f"\nmain({json.dumps(f'http://{address}:{port}')}, {json.dumps(token)})\n")
     return f"python3 -I - <<'__FLEET_PY__'\n{program}\n__FLEET_PY__"
 
 

@@ -245,9 +245,9 @@ def restore(student: str, host: str | None, from_: str | None, inventory: str | 
 def bench(counts: list[int], json_path: str, baked_only: bool = False, peer: str | None = None,
           peer_bin: str | None = None) -> None:
     if peer:   # the side-by-side run with another tool (bench/peer.py); pyinfra is imported only there
-        from bench.peer import main as compare  # type: ignore[import-not-found]
+        from bench.peer import main as compare
 
         raise Exit(code=compare(counts, json_path, peer, peer_bin))
-    from bench.run import main  # type: ignore[import-not-found]
+    from bench.run import main
 
     raise Exit(code=main(counts, json_path, baked_only))

@@ -1,6 +1,8 @@
 """The tree tells the architecture: no import circles in the package (module-level or inside
 functions), no module reaching into another's private names, every module under 400 lines or
-saying at its top why it is longer, and every package folder saying in its docstring what lives there."""
+saying at its top why it is longer, every package folder saying in its docstring what lives there,
+and the framework (engine, inventory, transport) importing neither a role nor a course-level
+feature (the class report, access and handouts, images and bake, the commands)."""
 from __future__ import annotations
 
 import ast
@@ -127,3 +129,30 @@ def test_no_module_takes_another_modules_private_names():
     known = {module_name(p) for p in SOURCES}
     reach = {str(p.relative_to(PROJECT)): found for p in SOURCES if (found := private_reach(p.read_text(), known))}
     assert reach == {}
+
+
+# The framework runs any course's roles; what one course or one command needs sits above it.
+FRAMEWORK = ("fleet.engine", "fleet.inventory", "fleet.transport")
+ABOVE_THE_FRAMEWORK = ("roles", "bench", "fleet.classreport", "fleet.classreport_jupyter", "fleet.access",
+                       "fleet.imaging", "fleet.aws", "fleet.coursework", "fleet.app", "fleet.cli", "fleet.testhosts")
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    """`a -> b` for each framework module a that imports a module b above the framework."""
+    def within(name: str, prefixes: tuple[str, ...]) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    return sorted(f"{a} -> {b}" for a, targets in edges.items() if within(a, FRAMEWORK)
+                  for b in targets if within(b, ABOVE_THE_FRAMEWORK))
+
+
+def test_the_upward_import_finder_finds_roles_and_course_modules():
+    edges = {"fleet.engine.x": {"roles.jupyter", "fleet.engine.y"}, "fleet.inventory.z": {"fleet.imaging.builder"},
+             "fleet.transport.t": {"fleet.errors"}, "fleet.cli": {"roles.jupyter"}, "fleet.engineering": {"roles"}}
+    assert upward_imports(edges) == ["fleet.engine.x -> roles.jupyter", "fleet.inventory.z -> fleet.imaging.builder"]
+
+
+def test_the_framework_imports_no_role_and_no_course_feature():
+    known = {module_name(p) for p in [*SOURCES, *PROJECT.glob("bench/**/*.py")]}
+    edges = {module_name(p): imports(p, known) for p in SOURCES}
+    assert upward_imports(edges) == []

@@ -2,7 +2,6 @@
 not a single connection opened to any host (hosts point at a listener that counts them)."""
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from pathlib import Path

@@ -78,7 +78,7 @@ def test_inventory_for_booted_hosts(tmp_path):
     path = peer.write_inventory(hosts, tmp_path / "inv.py", peer.workload(url), tmp_path / "known_hosts")
     entries = read_inventory(path)
     assert [name for name, _ in entries] == ["h7", "h3", "h12"]
-    for index, ((name, data), h) in enumerate(zip(entries, hosts)):
+    for index, ((_, data), h) in enumerate(zip(entries, hosts, strict=True)):
         assert (data["ssh_hostname"], data["ssh_user"], data["ssh_key"]) == (h.address, h.user, str(h.key))
         assert data["ssh_known_hosts_file"] == str(tmp_path / "known_hosts")
         assert data["jupyter_port"] == 8800 + index                   # as bench.write_inventory gives Fleet

@@ -2,10 +2,13 @@
 answer), what it escapes and masks, its file modes, bad input, and the parsers of its facts."""
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import stat
+import subprocess
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -153,6 +156,38 @@ def test_jupyter_probe_keeps_the_token_out_of_arguments():
     first, _, rest = command.partition("\n")
     assert first == "python3 -I - <<'__FLEET_PY__'" and "abcd1234secret" not in first
     assert rest.rstrip().endswith("__FLEET_PY__")
+
+
+def test_jupyter_probe_reads_the_servers_api_with_the_token(tmp_path):
+    """The probe as a host runs it (bash, python3 -I on stdin) against a stand-in Jupyter."""
+    seen = []
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = {"/api": {"version": "2.14.2"},
+                    "/api/kernelspecs": {"default": "python3", "kernelspecs": {
+                        "python3": {"spec": {"display_name": "Python 3"}}, "ir": {"spec": {}}}}}[self.path]
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Api)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        fact = classreport.jupyter_fact("127.0.0.1", server.server_address[1], "abcd1234secret")
+        done = subprocess.run(["bash", "-c", fact.command], capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        server.shutdown()
+    assert fact.parse(done.stdout) == {"answering": True, "version": "2.14.2", "default": "python3",
+                                       "kernels": [["ir", "ir"], ["python3", "Python 3"]]}, done.stderr
+    assert seen == [("/api", None), ("/api/kernelspecs", "token abcd1234secret")]
 
 
 def test_aws_columns():

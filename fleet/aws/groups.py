@@ -22,7 +22,7 @@ def _unwanted_permissions(permissions: list[dict[str, Any]], cidr: str) -> list[
     """Every ingress grant except 'tcp 22 from cidr', split one grant per entry for revoke."""
     extra: list[dict[str, Any]] = []
     for perm in permissions:
-        base = {k: perm[k] for k in ("IpProtocol", "FromPort", "ToPort") if k in perm}
+        base: dict[str, Any] = {k: perm[k] for k in ("IpProtocol", "FromPort", "ToPort") if k in perm}
         is_ssh = perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == 22 and perm.get("ToPort") == 22
         for rng in perm.get("IpRanges", []):
             if not (is_ssh and rng.get("CidrIp") == cidr):

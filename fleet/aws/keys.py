@@ -16,13 +16,19 @@ from fleet.aws.common import DEFAULT_KEY_DIR, CloudError, key_name, key_path, ta
 def public_key_openssh(private_key_file: Path) -> str:
     """The 'ssh-rsa AAAA…' / 'ssh-ed25519 AAAA…' line for a PEM or OpenSSH private key."""
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
     data = private_key_file.read_bytes()
     try:
         if b"OPENSSH PRIVATE KEY" in data:
             key = serialization.load_ssh_private_key(data, password=None)
         else:
-            key = serialization.load_pem_private_key(data, password=None)
+            pem = serialization.load_pem_private_key(data, password=None)
+            # A PEM file may hold a key SSH has no line for (DH, X25519, ...): refused here, with the message below.
+            if not isinstance(pem, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey,
+                                    dsa.DSAPrivateKey)):
+                raise ValueError(f"a {type(pem).__name__}, which SSH cannot use")
+            key = pem
     except (TypeError, ValueError) as exc:
         raise CloudError(
             f"cannot read private key {private_key_file} ({exc}); it must be an unencrypted "

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from invoke import Exit, task
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from fleet.aws.common import Instance
 
 
 class _LazyCloud:
@@ -63,7 +67,7 @@ def _uptime(value: timedelta | None) -> str:
     return (f"{days}d " if days else "") + f"{hours}h{minutes:02d}m"
 
 
-def _instances_table(title: str, instances: list[cloud.Instance]) -> Table:
+def _instances_table(title: str, instances: list[Instance]) -> Table:
     table = Table(title=title)
     for col in ("Name", "Instance", "State", "Type", "GPU", "Public IP"):
         table.add_column(col)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -81,7 +81,7 @@ def collect_one(target: Target, options: ConnectOptions, dest: Path, course: str
     stamp = store.new_stamp(student_dir, now)
     incoming = student_dir / f".incoming-{stamp}"
     (incoming / "files").mkdir(mode=0o700, parents=True)
-    files = result.get("files") if isinstance(result.get("files"), list) else []
+    files: list[dict[str, Any]] = result["files"] if isinstance(result.get("files"), list) else []
     problems = unpack(payload, files, incoming / "files", target.max_bytes,
                       previous / "files" if previous else None)
     if problems:

@@ -266,7 +266,9 @@ def restore(params: dict, stream) -> dict:
             if not member.isreg() or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
                 done["kept"].append({"path": name, "why": "refused: not a plain relative file"})
                 continue
-            data = tar.extractfile(member).read()
+            extracted = tar.extractfile(member)
+            assert extracted is not None   # a regular file (checked above) has content
+            data = extracted.read()
             parent, _, leaf = name.rpartition("/")
             try:
                 dir_fd = open_dir(base_fd, parent, create=True)

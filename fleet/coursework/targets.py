@@ -48,7 +48,8 @@ def resolve(session, names: list[str]) -> list[Target]:
     """The targets of the selected hosts, or one InputErrors naming every problem."""
     from fleet.engine.compile import host_vars
 
-    found, errors, seen = [], [], {}
+    found, errors = [], []
+    seen: dict[str, str] = {}   # student -> host
     for name in names:
         values = {k: v.value for k, v in host_vars(session.inventory, name, session.roleset, {}, session.secrets).items()}
         where = f"{session.inventory.source} (host {name})"

@@ -140,7 +140,9 @@ def stream_members(payload: bytes, expected: dict[str, dict], dest: Path, root_f
                     if "collect stopped" in why:
                         break
                     continue
-                data = tar.extractfile(member).read()
+                extracted = tar.extractfile(member)
+                assert extracted is not None   # a regular file (checked above) has content
+                data = extracted.read()
                 total += len(data)
                 if hashlib.sha256(data).hexdigest() != expected[name].get("sha256"):
                     problems.append(f"{shown(name)}: its content does not match the manifest's hash")

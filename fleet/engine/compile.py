@@ -7,7 +7,7 @@ import getpass
 import os
 from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from fleet.engine import pylock
 from fleet.engine.git import RefResolver
@@ -21,7 +21,7 @@ from fleet.inventory.model import Host, Inventory
 from fleet.inventory.variables import HostVars, Var, inventory_layers, merge, render
 
 
-def host_vars(inventory: Inventory, name: str, roleset: RoleSet, overrides: dict,
+def host_vars(inventory: Inventory, name: str, roleset: RoleSet, overrides: dict[str, object],
               secrets: CourseSecrets) -> dict[str, Var]:
     host = inventory.hosts[name]
     builtin = {"inventory_hostname": name, "host_address": host.address, "course": inventory.name,
@@ -51,7 +51,7 @@ def login_user(host: Host) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _ssh_config():
+def _ssh_config() -> Any:   # paramiko.SSHConfig | None (paramiko ships no types)
     """~/.ssh/config, parsed once per process (compile asks for every host)."""
     path = Path("~/.ssh/config").expanduser()
     if not path.is_file():
@@ -75,7 +75,7 @@ def check_course_user(host: Host, values: HostVars, merged: dict[str, Var]) -> N
                          key="course_user")
 
 
-def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, overrides: dict,
+def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, overrides: dict[str, object],
                   only_roles: list[str] | None, secrets: CourseSecrets, masker: Masker,
                   resolver: RefResolver | None = None, templates: Templates | None = None,
                   use_lock: bool = True) -> dict[str, HostPlan]:
@@ -149,9 +149,10 @@ def _cross_host_checks(inventory: Inventory, plans: dict[str, HostPlan], roleset
     return errors
 
 
-def _role_steps(name: str, host, values: HostVars, roles: list[str], all_roles: list[str], roleset: RoleSet,
+def _role_steps(name: str, host: Host, values: HostVars, roles: list[str], all_roles: list[str], roleset: RoleSet,
                 templates: Templates, resolver: RefResolver, secrets: CourseSecrets,
-                inventory: Inventory | None = None, peer_vars=None) -> HostPlan:
+                inventory: Inventory | None = None,
+                peer_vars: Callable[[str], HostVars] | None = None) -> HostPlan:
     """Steps and verifications of the selected roles; handlers of all the host's roles, so a
     `--roles mxnet` run that changes the venv still restarts the jupyter role's server."""
     plan = HostPlan(host=host, vars=values, roles=roles)
@@ -193,7 +194,9 @@ def _installer(plan: HostPlan, values: HostVars) -> None:
     if not pips or values.python_installer != "uv":
         return
     for i in pips:
-        plan.steps[i][1].installer = "uv"
+        pip = plan.steps[i][1]
+        if isinstance(pip, Pip):   # it is: pips holds Pip steps only (this tells the type checker)
+            pip.installer = "uv"
     role = plan.steps[pips[0]][0]
     plan.steps.insert(pips[0], (role, Pip(UV_VENV, [f"uv=={values.uv_version}"], source=values.package_source)))
 

@@ -65,7 +65,7 @@ def _download(deb: Deb) -> bytes:
     for attempt in range(DOWNLOAD_TRIES):
         try:
             with urllib.request.urlopen(deb.url, timeout=60) as answer:
-                data = answer.read()
+                data: bytes = answer.read()
             if _matches(data, deb):
                 return data
             problem = f"its {deb.hash_kind} does not match the host's lists"

@@ -19,7 +19,7 @@ CHANGES = ("would change", "changed", "failed")
 NOT_COMPARED = ("unreachable", "interrupted", "skipped")
 
 
-def change_set(host: dict[str, Any]) -> tuple:
+def change_set(host: dict[str, Any]) -> tuple[Any, ...]:
     """What makes two hosts' drift the same: every changed or failed step (a secret file by the
     digest of its masked diff, which is never shown), the handlers and the failing checks."""
     if host.get("status") in NOT_COMPARED:
@@ -33,7 +33,7 @@ def change_set(host: dict[str, Any]) -> tuple:
 def groups(hosts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One group per distinct change set, largest first, hosts unlike any other last.
     Hosts with nothing to report (status ok, no change) are in no group."""
-    by_set: dict[tuple, list[str]] = {}
+    by_set: dict[tuple[Any, ...], list[str]] = {}
     for name, host in hosts.items():
         key = change_set(host)
         if key:
@@ -59,7 +59,7 @@ def groups(hosts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 
-def natural_key(name: str) -> tuple:
+def natural_key(name: str) -> tuple[Any, ...]:
     """h2 before h10."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 

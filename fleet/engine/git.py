@@ -51,7 +51,7 @@ class RefResolver:
         if out.returncode != 0:
             reason = (out.stderr.strip().splitlines() or ["git ls-remote failed"])[-1]
             return None, None, f"cannot reach repository {redact_url(url)}: {redact_url(reason)}"
-        refs = dict(reversed(line.split("\t")) for line in out.stdout.splitlines() if "\t" in line)
+        refs = {name: sha for sha, name in (line.split("\t") for line in out.stdout.splitlines() if "\t" in line)}
         if f"refs/heads/{ref}" in refs:
             return refs[f"refs/heads/{ref}"], ref, ""
         for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", ref):
@@ -60,12 +60,12 @@ class RefResolver:
         return None, None, f"ref {ref!r} not found in {redact_url(url)}"
 
 
-def _parse_checkout(text: str) -> dict | None:
+def _parse_checkout(text: str) -> dict[str, Any] | None:
     """`git status --porcelain=v2 --branch` then `url=...`: head, origin url and tracked changes;
     `error` where git would not read the checkout."""
     if text.strip() == "ABSENT":
         return None
-    info: dict = {"head": "", "url": "", "dirty": 0, "error": ""}
+    info: dict[str, Any] = {"head": "", "url": "", "dirty": 0, "error": ""}
     for line in text.splitlines():
         if line.startswith("ERROR "):
             info["error"] = line[6:].strip()
@@ -110,7 +110,7 @@ class Git(Step):
         return [Fact(f"git@{self.runs_as or 'root'}:{self.dest}", read_as(self.runs_as, cmd), _parse_checkout)]
 
     def plan(self, facts: dict[str, Any]) -> Outcome:
-        if self.error:
+        if self.error or self.sha is None:   # resolve() gives a sha or an error
             return Outcome(False, self.error, failed=True)
         have = facts[f"git@{self.runs_as or 'root'}:{self.dest}"]
         if have is not None and have.get("error"):

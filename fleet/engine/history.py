@@ -48,6 +48,7 @@ def last(inventory_source: str) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text()).get(_key(inventory_source), {})
+        runs: dict[str, dict[str, dict[str, Any]]] = json.loads(path.read_text())
+        return runs.get(_key(inventory_source), {})
     except ValueError:
         return {}   # a damaged history only costs the report its "last provision" column

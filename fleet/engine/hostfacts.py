@@ -46,4 +46,4 @@ def gather(hosts: list[Host], facts: list[Fact] | Callable[[Host], list[Fact]], 
             return str(exc)
 
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
-        return dict(zip([h.name for h in hosts], pool.map(one, hosts)))
+        return dict(zip([h.name for h in hosts], pool.map(one, hosts), strict=True))

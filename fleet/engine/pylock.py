@@ -55,7 +55,7 @@ class LockedVenv:
 
     def pins(self) -> dict[str, str]:
         """Canonical name -> pinned version."""
-        found = {}
+        found: dict[str, str] = {}
         for line in self.requirements.splitlines():
             match = _PIN.match(line)
             if match:

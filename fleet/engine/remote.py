@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.engine import rootguard
+from fleet.engine import hostscripts, rootguard
 from fleet.engine.facts import Fact
 from fleet.engine.steps import KEPT, STATE_DIR, Handler, Outcome, Step, Verify, read_as
 from fleet.shell import as_user, q
@@ -21,70 +21,11 @@ from fleet.shell import as_user, q
 USER_READ_S = 45   # above the 30 s bound on a user's batched hash (stat_batch), which frees a FIFO first
 READ_STOPPED = re.compile(r"^fleet: reading as \S+ took over \d+ s and was stopped.*$", re.M)
 
-PRELUDE = r"""
-set -u
-umask 022
-# Root works from / with root's home: nothing in a login user's home or the current folder is
-# read by what runs here (Python's `json.py`, R's `.Rprofile`); Python is also told so directly.
-cd / || exit 1
-export HOME=/root LC_ALL=C DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONSAFEPATH=1
-unset PYTHONPATH PYTHONSTARTUP PYTHONHOME PYTHONUSERBASE R_PROFILE_USER R_ENVIRON_USER
-mark() { printf '\n@@%s@@ %s\n' "$__N" "$*"; }
-# A fact in a user's territory is read as that user (fleet.engine.steps.read_as); a user that does
-# not exist yet owns nothing there. /etc/passwd is read by bash itself: no process per fact
-# for local users. The read has a time limit (USER_READ_S): what the user planted (git's
-# core.fsmonitor, a FIFO) costs this host seconds, reported, never the run. Its output goes to a
-# file, not a pipe, so a process the user leaves behind cannot hold the probe open either.
-__read_as() {
-  local name rest found= out rc
-  while IFS=: read -r name rest; do [ "$name" = "$1" ] && found=1 && break; done < /etc/passwd
-  # Not a local user: ask NSS (LDAP and the like) before calling it absent.
-  if [ -z "$found" ] && ! getent passwd "$1" >/dev/null; then echo ABSENT; return; fi
-  out=$(mktemp) || return 1
-  # The subshell keeps bash's own "Killed" notice out of the fact.
-  ( timeout -k 3 "$__URS" runuser -u "$1" -- bash -c "$2" >"$out" 2>&1 </dev/null ) 2>/dev/null
-  rc=$?
-  cat "$out"; rm -f "$out"
-  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    printf '\nfleet: reading as %s took over %s s and was stopped (a command the user planted?)\n' "$1" "$__URS"
-  fi
-  return "$rc"
-}
-# HTTP GET through bash's /dev/tcp: no process started (cheap in every probe), and a token
-# passed here is never in any process's arguments. Succeeds on a 2xx status line.
-__http_ok() {
-  local host=$1 port=$2 path=$3 token=${4:-} status=
-  if ! exec 3<>"/dev/tcp/$host/$port"; then echo "nothing answers on $host:$port"; return 1; fi 2>/dev/null
-  { printf 'GET %s HTTP/1.0\r\nHost: %s:%s\r\n' "$path" "$host" "$port"
-    [ -z "$token" ] || printf 'Authorization: token %s\r\n' "$token"
-    printf '\r\n'; } >&3
-  IFS= read -r -t 5 status <&3
-  exec 3<&- 3>&-
-  case $status in "HTTP/1."?" 2"*) return 0 ;; esac
-  echo "GET $path on $host:$port: ${status:-no reply within 5 s}"
-  return 1
-}
-"""
-
-# Functions a step's commands may call, as root or (inside a user's territory) as that user.
-STEP_FUNCTIONS = r"""
-# Atomic write: content to a temp file beside the target, synced, then renamed over it.
-__put() {
-  local dest=$1 mode=$2 owner=$3 group=$4 tmp
-  mkdir -p "$(dirname "$dest")"
-  # Temp files an interrupted run left behind never became the target: clear them.
-  rm -f "$(dirname "$dest")"/.fleet-tmp.*
-  tmp=$(mktemp "$(dirname "$dest")/.fleet-tmp.XXXXXX") || return 1
-  printf %s "$5" | base64 -d > "$tmp" && chmod "$mode" "$tmp" && chown "$owner:$group" "$tmp" \
-    && sync "$tmp" && mv -f "$tmp" "$dest" || { rm -f "$tmp"; return 1; }
-}
-# Bounded retries for network installs, so a slow registry does not fail a run.
-__retry() {
-  local n=$1 i; shift
-  for i in $(seq "$n"); do "$@" && return 0; [ "$i" -lt "$n" ] && sleep $((i * 2)); done
-  return 1
-}
-"""
+# The shell functions every script starts with (mark, __read_as with its time limit USER_READ_S,
+# __http_ok), those a step's commands may call as root or, inside a user's territory, as that user
+# (__put, __retry), and those of the apply script only (__apt, __lock_holder): fleet/engine/hostscripts.
+PRELUDE = hostscripts.load("prelude.sh")
+STEP_FUNCTIONS = hostscripts.load("step-functions.sh")
 
 # Root writes only where no other user can move things under it: fleet.engine.rootguard walks each
 # path a root step declares from / with lstat on descriptors, checks every folder and link on the
@@ -93,37 +34,9 @@ __retry() {
 ROOT_TERRITORY = ("__GUARD=" + q(Path(rootguard.__file__).read_text()) + "\n"
                   '__root_territory() { python3 -I -c "$__GUARD" "$@"; }\n')
 
-APPLY_FUNCTIONS = r"""
-mkdir -p STATE/pending
-# apt with a bounded wait for the dpkg lock: fresh cloud images run unattended upgrades at boot.
-__apt() {
-  local timeout=$1; shift
-  apt-get -q -o DPkg::Lock::Timeout="$timeout" -o Acquire::Retries=3 "$@" 2>&1 | grep -v '^\(Reading\|Building\|Get:\|Hit:\|Ign:\|Fetched\|Selecting\|Preparing\|Unpacking\|Setting up\|Processing\)'
-  local rc=${PIPESTATUS[0]}
-  if [ "$rc" -ne 0 ] && [ "$timeout" -gt 0 ]; then
-    __lock_holder
-  fi
-  return "$rc"
-}
-__lock_holder() {
-  python3 -I - <<'PY' 2>/dev/null
-import fcntl, struct, os
-for path in ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock"):
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        continue
-    lk = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
-    kind, _, _, _, pid = struct.unpack("hhqqi", lk)
-    if kind != fcntl.F_UNLCK:
-        try:
-            name = open(f"/proc/{pid}/comm").read().strip()
-        except OSError:
-            name = "?"
-        print(f"dpkg lock {path} is held by process {pid} ({name})")
-PY
-}
-""".replace("STATE", STATE_DIR) + STEP_FUNCTIONS + ROOT_TERRITORY
+APPLY_FUNCTIONS = (hostscripts.load("apply-functions.sh", STATE_DIR=STATE_DIR,
+                                    DPKG_LOCK_HOLDER=hostscripts.load("dpkg_lock_holder.py"))
+                   + STEP_FUNCTIONS + ROOT_TERRITORY)
 
 
 def _nonce() -> str:

@@ -11,7 +11,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn,
+                           TimeElapsedColumn)
 from rich.table import Table
 
 from fleet import atomic
@@ -46,14 +47,14 @@ class Reporter:
         self.group = group
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True)
-        self._task = None
+        self._task: TaskID | None = None   # set by start()
         self._running: set[str] = set()
         self._lock = threading.Lock()
 
     def __enter__(self) -> "Reporter":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
     def start(self, total: int, what: str) -> None:
@@ -69,14 +70,15 @@ class Reporter:
         with self._lock:
             self._running.discard(result.host)
             self._describe()
-            self.progress.advance(self._task)
+            if self._task is not None:
+                self.progress.advance(self._task)
         # soft_wrap: one line per host, however long, never folded
         self.console.print(self._host_line(result), soft_wrap=True)
         if self.group and not self.verbose:
             return
         self._details(result.steps, result.handlers, result.verifies)
 
-    def _details(self, steps: list, handlers: list[str], verifies: list[dict]) -> None:
+    def _details(self, steps: list[Any], handlers: list[str], verifies: list[dict[str, Any]]) -> None:
         for step in steps:
             if step.status in ("changed", "would change", "failed") or self.verbose:
                 # The time of the slow changes (installs, clones) says where a long run went.
@@ -99,7 +101,8 @@ class Reporter:
     def _describe(self) -> None:
         running = sorted(self._running)
         text = ", ".join(running[:4]) + (f" +{len(running) - 4}" if len(running) > 4 else "")
-        self.progress.update(self._task, description=f"running {text}" if running else "finishing")
+        if self._task is not None:
+            self.progress.update(self._task, description=f"running {text}" if running else "finishing")
 
     def _host_line(self, r: HostResult) -> str:
         counts = f"ok={r.count('ok')} changed={r.count('changed') + r.count('would change')} failed={r.count('failed')}"

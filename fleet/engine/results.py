@@ -29,7 +29,7 @@ class HostResult:
     status: str = "ok"     # ok | changed | drift | failed | unreachable | interrupted | skipped
     steps: list[StepResult] = field(default_factory=list)
     handlers: list[str] = field(default_factory=list)
-    verifies: list[dict] = field(default_factory=list)
+    verifies: list[dict[str, Any]] = field(default_factory=list[Any])
     error: str | None = None
     seconds: float = 0.0
     connections: int = 0

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from types import ModuleType
 from typing import Any, Callable
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
@@ -61,7 +62,7 @@ class Role:
     path: Path
     defaults_file: Path
     defaults: dict[str, Any]
-    spec: dict[str, dict]
+    spec: dict[str, dict[str, Any]]
 
     @cached_property
     def prefix(self) -> str:
@@ -71,19 +72,20 @@ class Role:
         return common[: common.rfind("_") + 1] or self.name + "_"
 
     @cached_property
-    def module(self):
+    def module(self) -> ModuleType:
         if self.path.parent == ROLES_DIR:
             if str(PROJECT) not in sys.path:
                 sys.path.insert(0, str(PROJECT))
             return importlib.import_module(f"roles.{self.name}")
         # A site role from FLEET_ROLES_PATH: imported from its folder under a private name.
         spec = importlib.util.spec_from_file_location(f"fleet_site_roles.{self.name}", self.path / "__init__.py")
+        assert spec is not None and spec.loader is not None   # the path is a file: a spec with a loader
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
 
 
-def _load_yaml_mapping(path: Path) -> tuple[dict, yamlfile.Lines]:
+def _load_yaml_mapping(path: Path) -> tuple[dict[str, Any], yamlfile.Lines]:
     if not path.exists():
         return {}, {}
     data, lines = yamlfile.load(path)
@@ -114,7 +116,7 @@ class RoleSet:
         """templates/ first, then any `templates/` folder a role carries (site roles)."""
         return [TEMPLATES_DIR] + [r.path / "templates" for r in self.roles.values() if (r.path / "templates").is_dir()]
 
-    def default_layers(self) -> list[tuple[str, dict]]:
+    def default_layers(self) -> list[tuple[str, dict[str, Any]]]:
         layers = [(_rel(ENGINE_DEFAULTS), self.engine_defaults)]
         layers += [(_rel(role.defaults_file), role.defaults) for role in self.roles.values()]
         return layers
@@ -138,15 +140,15 @@ class RoleSet:
         for role in self.roles.values():
             known |= set(role.spec)
         for key, var in merged.items():
-            role = next((r for r in self.roles if key.startswith(self.roles[r].prefix)), None)
-            if role and key not in known:
-                close = difflib.get_close_matches(key, list(self.roles[role].spec), n=1)
+            owner = next((r for r in self.roles if key.startswith(self.roles[r].prefix)), None)
+            if owner and key not in known:
+                close = difflib.get_close_matches(key, list(self.roles[owner].spec), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                errors.append(InputError(f"unknown knob for role {role}{hint}", file=var.source, key=key))
+                errors.append(InputError(f"unknown knob for role {owner}{hint}", file=var.source, key=key))
         return errors
 
 
-def _check_knob(host: str, knob: str, rule: dict, var: Var | None) -> list[InputError]:
+def _check_knob(host: str, knob: str, rule: dict[str, Any], var: Var | None) -> list[InputError]:
     if var is None or var.value is None or var.value == "":
         if rule.get("required"):
             src = var.source if var else "no inventory level"
@@ -193,7 +195,7 @@ class Templates:
             return template.render(values)
         except TemplateError as exc:
             line = _template_line(exc, template.filename)
-            where = _rel(Path(template.filename)) + (f":{line}" if line else "")
+            where = _rel(Path(template.filename or name)) + (f":{line}" if line else "")
             raise InputError(f"cannot render: {exc.message}", file=where) from None
 
 
@@ -230,11 +232,12 @@ class RoleContext:
         """A template step is a render plus a file step."""
         return self.template_with(name, dest, self.vars, **file_args)
 
-    def template_with(self, name: str, dest: str, values: dict, **file_args: Any) -> File:
+    def template_with(self, name: str, dest: str, values: dict[str, Any], **file_args: Any) -> File:
         return File(dest, self.templates.render(name, values), label=f"template {name} -> {dest}", **file_args)
 
     def argon2(self, password: str) -> str:
-        return self.secrets.argon2_hash(self.host, password)
+        hashed: str = self.secrets.argon2_hash(self.host, password)
+        return hashed
 
 
 @dataclass

@@ -126,11 +126,11 @@ def walk(path: str, create: bool = True) -> None:
     _check(os.fstat(fd), here, False)   # the folder the write happens in: root's alone
     if last:
         try:
-            st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+            found: os.stat_result | None = os.stat(last, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            _check(st, _join(here, last), True)
+            found = None
+        if found is not None and stat.S_ISLNK(found.st_mode):
+            _check(found, _join(here, last), True)
             target = os.readlink(last, dir_fd=fd)
             walk(target if target.startswith("/") else _join(here, target), create=False)
     for fd, _ in stack:

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable
+from typing import Any, Callable
 
 from fleet.engine import speculation
 from fleet.engine.drift import masked_diff_fact
@@ -110,7 +110,10 @@ class MaxFail:
 
     def allowed(self, total: int) -> int:
         """How many failed hosts are tolerated; one more stops new hosts from starting."""
-        return self.count if self.count is not None else int(total * self.percent / 100)
+        if self.count is not None:
+            return self.count
+        assert self.percent is not None   # max_fail() sets one of the two
+        return int(total * self.percent / 100)
 
 
 def parse_max_fail(value: object) -> MaxFail:
@@ -149,14 +152,14 @@ def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:
 
 def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection, result: HostResult) -> None:
     mask = options.masker
-    facts_wanted = {}
+    facts_wanted: dict[str, Fact] = {}
     masked: dict[int, tuple[Fact, list[str]]] = {}   # secret files' drift digests: see fleet.engine.drift
     for index, (_, step) in enumerate(plan.steps):
         for fact in step.facts(diff=options.diff or options.check):
             facts_wanted.setdefault(fact.key, fact)
         if (options.diff or options.check) and step.secret and isinstance(step, File):
-            secrets = mask.found_in(step.content.decode(errors="replace"))
-            masked[index] = (masked_diff_fact(step.path, step.content, secrets), secrets)
+            secrets = mask.found_in(step.content_bytes.decode(errors="replace"))
+            masked[index] = (masked_diff_fact(step.path, step.content_bytes, secrets), secrets)
             facts_wanted.setdefault(masked[index][0].key, masked[index][0])
     every_run = [v for _, v in plan.verifies if v.every_run]
     probe = Probe(list(facts_wanted.values()), every_run)
@@ -259,7 +262,7 @@ def _send_packages(changes: list[Change], options: RunOptions, conn: Connection,
     return True
 
 
-def _record_apply(apply: Apply, parsed: dict, plan: HostPlan, result: HostResult, mask: Masker) -> None:
+def _record_apply(apply: Apply, parsed: dict[str, Any], plan: HostPlan, result: HostResult, mask: Masker) -> None:
     outputs = parsed.get("steps_output", {})
     aborted_after = None
     for change in apply.changes:

@@ -12,6 +12,7 @@ import re
 import secrets as _random
 import threading
 from pathlib import Path
+from typing import Any, overload
 
 from fleet import atomic
 from fleet.engine.studentkeys import StudentKeys
@@ -29,7 +30,7 @@ class Masker:
     def __init__(self) -> None:
         self._values: set[str] = set()
         self._lock = threading.Lock()
-        self._pattern: re.Pattern | None = None
+        self._pattern: re.Pattern[str] | None = None
 
     def add(self, value: object) -> None:
         text = str(value)
@@ -39,7 +40,7 @@ class Masker:
                     self._values.add(text)
                     self._pattern = None
 
-    def add_vars(self, values: dict) -> None:
+    def add_vars(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
             if SECRET_NAME.search(key) and isinstance(value, (str, int)) and value not in ("", None):
                 self.add(value)
@@ -48,6 +49,13 @@ class Masker:
         """The registered secrets that occur in text, longest first."""
         with self._lock:
             return sorted((v for v in self._values if v in text), key=len, reverse=True)
+
+    @overload
+    def __call__(self, text: str) -> str: ...
+    @overload
+    def __call__(self, text: None) -> None: ...
+    @overload
+    def __call__(self, text: str | None) -> str | None: ...
 
     def __call__(self, text: str | None) -> str | None:
         if not text:

@@ -43,9 +43,9 @@ class StudentKeys:
                                     serialization.NoEncryption())
             atomic.create(path, pem, mode=0o600)  # a racing run that wins keeps its key; we read it below
         try:
-            key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+            loaded = serialization.load_ssh_private_key(path.read_bytes(), password=None)
         except (ValueError, OSError) as exc:
             raise FleetError(f"{path}: not a readable OpenSSH private key ({exc}). Remove it to make a new "
                              f"one for {student}, then hand out their new bundle") from None
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        public = loaded.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         return public.decode()

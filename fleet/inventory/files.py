@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fleet import yamlfile
 from fleet.errors import InputError
@@ -58,7 +58,7 @@ NATIVE_SCHEMA = {
         },
     },
 }
-ANSIBLE_GROUP: dict = {
+ANSIBLE_GROUP: dict[str, Any] = {
     "type": ["object", "null"],
     "additionalProperties": False,
     "properties": {
@@ -112,7 +112,7 @@ def load(path: str | Path) -> Inventory:
     return inventory
 
 
-def from_data(data: dict, source: str) -> Inventory:
+def from_data(data: dict[str, Any], source: str) -> Inventory:
     """An inventory built in memory (e.g. from EC2 tags), validated like a file."""
     yamlfile.validate(data, NATIVE_SCHEMA, source, {})
     inventory = _from_native(data, Path(source), {})
@@ -137,10 +137,10 @@ class _Reader:
     def __init__(self, path: Path, lines: yamlfile.Lines) -> None:
         self.path, self.lines = path, lines
 
-    def where(self, keypath: tuple) -> str:
+    def where(self, keypath: tuple[Any, ...]) -> str:
         return yamlfile.where(self.path, self.lines, keypath)
 
-    def split(self, values: dict | None, keypath: tuple) -> tuple[dict[str, Any], dict[str, Setting]]:
+    def split(self, values: dict[str, Any] | None, keypath: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Setting]]:
         plain: dict[str, Any] = {}
         found: dict[str, Setting] = {}
         for key, value in (values or {}).items():
@@ -150,12 +150,12 @@ class _Reader:
                 plain[key] = value
         return plain, found
 
-    def setting(self, name: str, value: Any, keypath: tuple) -> Setting:
+    def setting(self, name: str, value: Any, keypath: tuple[Any, ...]) -> Setting:
         setting = Setting(value, self.where(keypath), yamlfile.dotted(keypath))
         settings.check_value(name, value, setting.file, setting.key)
         return setting
 
-    def native(self, spec: dict, keypath: tuple, found: dict[str, Setting]) -> None:
+    def native(self, spec: dict[str, Any], keypath: tuple[Any, ...], found: dict[str, Setting]) -> None:
         """Fleet's own `address/user/port/key` at a level: the same settings as their ansible_* names."""
         for field_, name in settings.NATIVE.items():
             if field_ in spec:
@@ -164,7 +164,7 @@ class _Reader:
                                      file=self.where(keypath + (field_,)), key=yamlfile.dotted(keypath + (field_,)))
                 found[name] = self.setting(name, spec[field_], keypath + (field_,))
 
-    def host_names(self, pattern: str, keypath: tuple) -> tuple[list[str], int | None]:
+    def host_names(self, pattern: str, keypath: tuple[Any, ...]) -> tuple[list[str], int | None]:
         """A `hosts:` key: a name, a range, optionally `:port` as Ansible allows (`web1:2222`)."""
         head, sep, tail = pattern.rpartition(":")
         port = None
@@ -181,7 +181,7 @@ class _Reader:
         return names, port
 
 
-def _from_native(data: dict, path: Path, lines: yamlfile.Lines) -> Inventory:
+def _from_native(data: dict[str, Any], path: Path, lines: yamlfile.Lines) -> Inventory:
     inventory = Inventory(name=data.get("name") or path.stem, source=str(path), vars=data.get("vars") or {})
     read = _Reader(path, lines)
     inventory.vars, inventory.settings = read.split(data.get("vars"), ("vars",))
@@ -212,7 +212,7 @@ def _from_native(data: dict, path: Path, lines: yamlfile.Lines) -> Inventory:
     return inventory
 
 
-def _priority(group: Group, read: _Reader, keypath: tuple) -> int:
+def _priority(group: Group, read: _Reader, keypath: tuple[Any, ...]) -> int:
     """ansible_group_priority in a group's own vars orders it among groups of its depth (not a variable)."""
     setting = group.settings.pop("ansible_group_priority", None)
     if setting is None:
@@ -223,12 +223,12 @@ def _priority(group: Group, read: _Reader, keypath: tuple) -> int:
     return setting.value
 
 
-def _from_ansible(root: dict, path: Path, lines: yamlfile.Lines) -> Inventory:
+def _from_ansible(root: dict[str, Any], path: Path, lines: yamlfile.Lines) -> Inventory:
     inventory = Inventory(name=path.stem, source=str(path))
     read = _Reader(path, lines)
     inventory.vars, inventory.settings = read.split(root.get("vars"), ("all", "vars"))
 
-    def add_hosts(hosts: dict | None, keypath: tuple) -> list[str]:
+    def add_hosts(hosts: dict[str, Any] | None, keypath: tuple[Any, ...]) -> list[str]:
         added: list[str] = []
         for pattern, spec in (hosts or {}).items():
             names, port = read.host_names(pattern, keypath + (pattern,))
@@ -242,7 +242,7 @@ def _from_ansible(root: dict, path: Path, lines: yamlfile.Lines) -> Inventory:
                 added.append(name)
         return added
 
-    def add_group(name: str, spec: dict | None, keypath: tuple) -> None:
+    def add_group(name: str, spec: dict[str, Any] | None, keypath: tuple[Any, ...]) -> None:
         if name in RESERVED_GROUPS:
             raise InputError(f"'{name}' is a reserved group name", file=read.where(keypath), key=yamlfile.dotted(keypath))
         spec = spec or {}
@@ -281,7 +281,7 @@ def _read_vars_dirs(inventory: Inventory, base: Path) -> None:
 
 def _link(inventory: Inventory, lines: yamlfile.Lines, path: Path) -> None:
     """Check references and cycles, then record each host's groups, parents first."""
-    def fail(message: str, key: tuple) -> None:
+    def fail(message: str, key: tuple[Any, ...]) -> None:
         raise InputError(message, file=yamlfile.where(path, lines, key), key=yamlfile.dotted(key))
 
     _check_course_name(inventory, path, lines)
@@ -296,9 +296,9 @@ def _link(inventory: Inventory, lines: yamlfile.Lines, path: Path) -> None:
         _check_cycle(inventory, name, [], fail)
     order = _ordered_groups(inventory)
     members = {g: set(inventory.group_hosts(g)) for g in order}
-    for host in inventory.hosts.values():
-        host.groups = [g for g in order if host.name in members[g]]
-        _connect_settings(inventory, host)
+    for entry in inventory.hosts.values():
+        entry.groups = [g for g in order if entry.name in members[g]]
+        _connect_settings(inventory, entry)
 
 
 def _connect_settings(inventory: Inventory, host: Host) -> None:
@@ -324,7 +324,7 @@ def _check_course_name(inventory: Inventory, path: Path, lines: yamlfile.Lines) 
                      key="name" if given else "name (the file's name)")
 
 
-def _check_cycle(inventory: Inventory, name: str, trail: list[str], fail) -> None:
+def _check_cycle(inventory: Inventory, name: str, trail: list[str], fail: Callable[[str, tuple[Any, ...]], None]) -> None:
     if name in trail:
         cycle = " -> ".join(trail[trail.index(name):] + [name])
         fail(f"groups form a cycle through `children`: {cycle}", ("groups", name, "children"))

@@ -120,11 +120,12 @@ def _read_csv(path: Path) -> list[_Entry]:
         raise InputError(f"expected a header row with the columns {', '.join(FIELDS)} (student required, each once), "
                          f"got {', '.join(rows[0])}", file=f"{path}:{kept[0][0]}")
     entries = []
-    for (number, _), row in zip(kept[1:], rows[1:]):
+    # Not strict: a quoted field may span lines, giving fewer rows than kept lines.
+    for (number, _), row in zip(kept[1:], rows[1:], strict=False):
         if len(row) > len(header):
             raise InputError(f"expected at most {len(header)} columns ({', '.join(header)}), got {len(row)}",
                              file=f"{path}:{number}")
-        entries.append(_Entry({h: v.strip() for h, v in zip(header, row) if v.strip()}, f"{path}:{number}"))
+        entries.append(_Entry({h: v.strip() for h, v in zip(header, row, strict=False) if v.strip()}, f"{path}:{number}"))
     return entries
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 from jinja2 import StrictUndefined, Template, TemplateError, meta
@@ -66,7 +66,7 @@ def _compiled(text: str) -> tuple[Template, frozenset[str]]:
     return _ENV.from_string(text), frozenset(meta.find_undeclared_variables(_ENV.parse(text)))
 
 
-def render(merged: dict[str, Var], functions: dict[str, Callable] | None = None) -> dict[str, Var]:
+def render(merged: dict[str, Var], functions: Mapping[str, Callable[..., Any]] | None = None) -> dict[str, Var]:
     """Render Jinja2 in string values, following references between variables."""
     functions = functions or {}
     done: dict[str, Var] = {}
@@ -105,7 +105,7 @@ def render(merged: dict[str, Var], functions: dict[str, Callable] | None = None)
     return done
 
 
-class HostVars(dict):
+class HostVars(dict[str, Any]):
     """Plain values for one host, readable as attributes in role code (`v.jupyter_port`)."""
 
     sources: dict[str, str] = {}

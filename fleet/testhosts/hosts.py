@@ -238,7 +238,7 @@ def _diagnostics(h: TestHost) -> str:
 
 def power_cut(h: TestHost) -> None:
     """Kill the container's init at once (its disk stays); SIGKILL to nspawn would orphan it."""
-    if not alive(h.pid, h._start):
+    if h.pid is None or not alive(h.pid, h._start):
         raise HostError(f"{h.name} is not running")
     for child in child_pids(h.pid):
         kill(child, signal.SIGKILL)
@@ -315,7 +315,7 @@ def _wait_gone(h: TestHost, timeout: float) -> bool:
 
 
 def stop(h: TestHost) -> None:
-    if not alive(h.pid, h._start):
+    if h.pid is None or not alive(h.pid, h._start):
         return
     kill(h.pid, signal.SIGTERM)            # nspawn turns this into an orderly shutdown
     if _wait_gone(h, STOP_TIMEOUT):

@@ -14,7 +14,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import IO, Callable, Protocol, Sequence, cast
 
 from fleet.errors import FleetError
 from fleet.inventory.model import Host
@@ -55,7 +55,7 @@ class Connection(Protocol):
     commands: int
 
     def open(self) -> None: ...
-    def run_script(self, script: str, timeout: int | None = None,
+    def run_script(self, script: str, timeout: int | None = None, *,
                    files: Sequence[tuple[Path, str]] = ()) -> tuple[int, str]: ...
     def close(self) -> None: ...
 
@@ -83,7 +83,7 @@ class _Sink:
 def send_tar(send: Callable[[bytes], object], files: Sequence[tuple[Path, str]]) -> None:
     """Stream (controller path, name on the host) pairs as one tar archive through `send`, file by
     file: nothing is buffered whole, so a class's ~100 MB of wheels costs no memory."""
-    with tarfile.open(fileobj=_Sink(send), mode="w|", format=tarfile.PAX_FORMAT) as archive:
+    with tarfile.open(fileobj=cast(IO[bytes], _Sink(send)), mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for path, name in files:
             info = archive.gettarinfo(str(path), arcname=name)
             info.uid = info.gid = 0

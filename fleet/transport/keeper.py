@@ -64,7 +64,7 @@ class KeptConnection:
             reply = self._call(request)
         self.connections += int(reply["new"])
 
-    def run_script(self, script: str, timeout: int | None = None,
+    def run_script(self, script: str, timeout: int | None = None, *,
                    files: Sequence[tuple[Path, str]] = ()) -> tuple[int, str]:
         self.commands += 1
         # The keeper runs as this user on this machine: it reads the files itself, by path.
@@ -177,7 +177,7 @@ def _start(path: Path, state_dir: Path, persist: int) -> socket.socket:
     while time.monotonic() < deadline:
         sock = _connect_socket(path)
         version = _greeting(sock) if sock else None
-        if version == VERSION:
+        if sock and version == VERSION:
             return sock
         if sock:
             sock.close()

@@ -48,7 +48,7 @@ class Keeper:
     def __init__(self, path: Path, state_dir: Path, persist: int) -> None:
         self.path, self.state_dir, self.persist = path, state_dir, persist
         self.version = VERSION          # of the code it started with
-        self.slots: dict[tuple, _Slot] = {}
+        self.slots: dict[tuple[Any, ...], _Slot] = {}
         self.lock = threading.Lock()    # guards slots, users, clients, retiring
         self.clients = 0                # commands connected now: a keeper with one is never idle
         self.last_used = time.monotonic()
@@ -167,7 +167,7 @@ class Keeper:
             self.clients -= 1
             self.last_used = time.monotonic()
             retiring, none_left = self.retiring, self.clients == 0
-        if retiring and last_user:
+        if retiring and last_user and slot is not None:
             self._close(slot)
         if retiring and none_left:
             self.stopping.set()
@@ -189,7 +189,7 @@ class Keeper:
                     return {"error": "retiring", "message": "the SSH keeper is retiring; another one takes over"}
                 _, new = self._connection(host, options)
                 return {"new": new}
-            if op == "run" and session.host is not None:
+            if op == "run" and session.host is not None and session.options is not None:
                 return self._run((session.host, session.options), request)
             return {"error": "protocol", "message": f"unexpected request {op!r}"}
         except HostKeyChanged as exc:
@@ -202,7 +202,7 @@ class Keeper:
             return {"error": "keeper", "message": f"{exc.__class__.__name__}: {exc}"}
 
     @staticmethod
-    def _key(host: Host, options: ConnectOptions) -> tuple:
+    def _key(host: Host, options: ConnectOptions) -> tuple[Any, ...]:
         return (host.address, host.port, host.user, host.key, str(options.known_hosts), options.strict_host_keys)
 
     def _reserve(self, session: _Session, host: Host, options: ConnectOptions) -> _Slot | None:
@@ -240,12 +240,12 @@ class Keeper:
         conn, new = self._connection(host, options)
         files = [(Path(path), name) for path, name in request.get("files") or ()]
         try:
-            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files)
+            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files=files)
         except ChannelRefused:
             # The kept connection died since (host rebooted, network changed): nothing ran, so
             # log in again and run it once more.
             conn, new = self._connection(host, options, dead=conn)
-            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files)
+            status, output = conn.run_script(request["script"], request["timeout"], request.get("sudo_password"), files=files)
         return {"status": status, "output": output, "new": new}
 
 

@@ -29,7 +29,7 @@ SUDO_WITH_PASSWORD = ("if sudo -n true 2>/dev/null; then read -r _; exec sudo -n
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
-class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]  # paramiko ships no types
     """Record an unknown host's key in the project's known_hosts, then accept it."""
 
     def __init__(self, path: Path) -> None:
@@ -47,7 +47,7 @@ class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
 class SSHConnection:
     def __init__(self, host: Host, options: ConnectOptions) -> None:
         self.host, self.options = host, options
-        kwargs: dict = {"banner_timeout": options.connect_timeout, "auth_timeout": options.connect_timeout}
+        kwargs: dict[str, object] = {"banner_timeout": options.connect_timeout, "auth_timeout": options.connect_timeout}
         if host.key:
             key = Path(host.key).expanduser()
             if not os.access(key, os.R_OK):
@@ -93,7 +93,7 @@ class SSHConnection:
     def close(self) -> None:
         self.conn.close()
 
-    def run_script(self, script: str, timeout: int | None = None, sudo_password: str | None = None,
+    def run_script(self, script: str, timeout: int | None = None, sudo_password: str | None = None, *,
                    files: Sequence[tuple[Path, str]] = ()) -> tuple[int, str]:
         """Run a bash script as root; return (exit status, stdout and stderr together). `files`
         follow the script on stdin as a tar stream, for the script's last line to read."""

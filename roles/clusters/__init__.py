@@ -160,7 +160,7 @@ def across_machines(v: HostVars, ctx: RoleContext, cluster: Cluster | None, prof
                   Absent(engine_file, reason="not in a cluster", user=user)]
     for unit in (CONTROLLER, ENGINES):
         items.append(Handler(f"restart {unit}", f"{reload_if_changed(unit)} && systemctl restart {q(unit)}", unit=unit))
-    if is_head:
+    if is_head and cluster is not None:   # is_head implies a cluster
         expected = {m: int(ctx.peer_vars(m).clusters_engines or 0) if ctx.peer_vars else 0 for m in cluster.members}
         script = COUNT.format(expected=json.dumps(expected), profile=json.dumps(v.clusters_profile),
                               group=cluster.group, wait=int(v.clusters_wait))

@@ -76,7 +76,7 @@ class ChecksumResolver:
             if (mirror, version) not in self._cache:
                 self._cache[(mirror, version)] = self._fetch(url)
             sums, error = self._cache[(mirror, version)]
-        if error:
+        if error or sums is None:   # _fetch gives the sums or an error
             return None, error
         if filename not in sums:
             return None, (f"{filename} is not listed in {url} ({len(sums)} files listed); "
@@ -161,9 +161,11 @@ class JuliaInstall(Step):
             return Outcome(False, f"refused: {exc}; nothing installed", failed=True)
         expected = self.sha256
         if not expected:
-            expected, error = self.resolver.sha256(self.mirror, self.version, filename)
-            if error:
+            assert self.resolver is not None   # __post_init__ sets one
+            found, error = self.resolver.sha256(self.mirror, self.version, filename)
+            if error or found is None:   # the resolver gives a checksum or an error
                 return Outcome(False, f"{error}; nothing installed", failed=True)
+            expected = found
         others = [v for v in facts[installed_fact(self.prefix).key] if v != self.version]
         beside = f" beside {', '.join(others)}" if others else ""
         return Outcome(True, f"install julia {self.version}{beside} from {url}", self._commands(url, expected))

@@ -3,7 +3,8 @@ wheel that cannot run (e.g. Hopper GPUs, old drivers) before anything is install
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from packaging.utils import canonicalize_name
 
@@ -25,7 +26,7 @@ class FrameworkGate(Step):
 
     PATHLESS = "it only reads the GPU facts"
     framework: str = "mxnet"
-    prefer: str = "auto"
+    prefer: Literal["auto", "cpu", "gpu"] = "auto"
     cuda: str = ""
     allow_cpu_fallback: bool = False
     notify: tuple[str, ...] = ()
@@ -116,30 +117,14 @@ class FrameworkEnv(FrameworkGate):
         return outcome
 
 
-VERIFY = """
-import glob, os, subprocess
-import mxnet as mx
-from mxnet.runtime import Features
-site = glob.glob(__SITE__)[0]
-gpu_build = bool(glob.glob(os.path.join(site, "mxnet_cu*.dist-info")))
-try:
-    gpus = len(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines())
-except FileNotFoundError:
-    gpus = 0
-assert Features().is_enabled("CUDA") == gpu_build, "CUDA feature flag does not match the installed build"
-assert mx.context.num_gpus() == (gpus if gpu_build else 0), ("num_gpus", mx.context.num_gpus(), gpus)
-ctx = mx.gpu(0) if gpu_build else mx.cpu()
-a = mx.nd.array([[1, 2], [3, 4]], ctx=ctx)
-product = mx.nd.dot(a, a).asnumpy().tolist()
-assert product == [[7, 10], [15, 22]], product
-print("mxnet", mx.__version__, "on", ctx, "computed", product)
-"""
+# The verification's program: a file of the role's (linted), sent on stdin with a call of its main.
+VERIFY = Path(__file__).parent / "files" / "verify_mxnet.py"
 
 
 def steps(v: HostVars, ctx: RoleContext) -> list:
     options = dict(framework=v.mxnet_framework, prefer=v.mxnet_build, cuda=v.mxnet_cuda,
                    allow_cpu_fallback=v.mxnet_allow_cpu_fallback)
-    check = VERIFY.replace("__SITE__", repr(f"{v.mxnet_venv}/lib/python3*/site-packages"))
+    check = VERIFY.read_text() + f"\nmain({f'{v.mxnet_venv}/lib/python3*/site-packages'!r})\n"
     return [
         FrameworkGate(**options),
         Apt(("libquadmath0",), cache_max_age=v.apt_cache_max_age, lock_timeout=v.apt_lock_timeout),

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from fleet.engine import hostscripts
 from fleet.engine.facts import Fact
 
 MXNET_VERSION = "1.9.1"
@@ -44,63 +46,8 @@ CC = tuple[int, int]
 #     skips the second call after a timeout;
 #   - reads nothing from stdin (</dev/null): the batched probe is fed to `bash -s`, and a
 #     command reading stdin would swallow the rest of the script.
-COMMAND = r"""(
-set +e +u; set +o pipefail 2>/dev/null
-T=""; command -v timeout >/dev/null 2>&1 && T="timeout 20"
-if command -v nvidia-smi >/dev/null 2>&1; then
-  out=$($T nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>&1) && rc=0 || rc=$?
-  printf '== gpu.query rc=%s ==\n%s\n' "$rc" "$out"
-  case $out in *"not a valid field"*)
-    out=$($T nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1) && rc=0 || rc=$?
-    printf '== gpu.query-nocc rc=%s ==\n%s\n' "$rc" "$out";;
-  esac
-  if [ "$rc" != 124 ]; then
-    out=$($T nvidia-smi 2>&1) && rc=0 || rc=$?
-    printf '== gpu.smi rc=%s ==\n%s\n' "$rc" "$(printf '%s\n' "$out" | head -n 6)"
-  fi
-else
-  printf '== gpu.query rc=127 ==\nnvidia-smi: command not found\n'
-fi
-seen=" "
-for d in /usr/local/cuda /usr/local/cuda-*; do
-  [ -d "$d" ] || continue
-  r=$(readlink -f "$d" 2>/dev/null) || r=$d
-  case $seen in *" $r "*) continue;; esac
-  seen="$seen$r "
-  if [ -f "$r/version.json" ]; then
-    printf '== gpu.toolkit-json path=%s ==\n' "$r"; cat "$r/version.json"; echo
-  elif [ -f "$r/version.txt" ]; then
-    printf '== gpu.toolkit-txt path=%s ==\n' "$r"; cat "$r/version.txt"; echo
-  elif [ -x "$r/bin/nvcc" ]; then
-    out=$("$r/bin/nvcc" --version 2>&1) && rc=0 || rc=$?
-    printf '== gpu.nvcc rc=%s path=%s ==\n%s\n' "$rc" "$r/bin/nvcc" "$out"
-  fi
-done
-n=$(command -v nvcc 2>/dev/null)
-r=$(readlink -f "$n" 2>/dev/null) || r=$n
-case $seen in *" ${r%/bin/nvcc} "*) n="";; esac
-if [ -n "$n" ]; then
-  out=$("$n" --version 2>&1) && rc=0 || rc=$?
-  printf '== gpu.nvcc rc=%s path=%s ==\n%s\n' "$rc" "$n" "$out"
-fi
-if { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep -q 'libcuda\.so\.1 '; then
-  printf '== gpu.libcuda ==\nyes\n'
-else
-  printf '== gpu.libcuda ==\nno\n'
-fi
-if [ -d /sys/bus/pci/devices ]; then
-  printf '== gpu.pci ==\n'
-  for d in /sys/bus/pci/devices/*; do
-    read -r v < "$d/vendor" 2>/dev/null || continue
-    [ "$v" = 0x10de ] || continue
-    read -r c < "$d/class"; read -r i < "$d/device"
-    case $c in 0x0300*|0x0302*) printf '%s %s %s\n' "${d##*/}" "$i" "$c";; esac
-  done
-else
-  printf '== gpu.pci state=unavailable ==\n'
-fi
-) 2>/dev/null </dev/null
-true"""
+# It lives in roles/mxnet/files/gpu-probe.sh, where shellcheck reads it.
+COMMAND = hostscripts.read(Path(__file__).parent / "files" / "gpu-probe.sh").removesuffix("\n")
 
 
 # --------------------------------------------------------------------------------------
@@ -607,7 +554,8 @@ def choose_mxnet_build(
     if not runnable:   # each GPU has a wheel, but no one wheel has kernels for all of them
         per_gpu = []
         for name, cc in dict.fromkeys((g.name, g.compute_cap) for g in gpus):
-            ok = [w.package.removeprefix("mxnet-") for w in MXNET_WHEELS.values() if w.runs_on(cc)]
+            ok = [w.package.removeprefix("mxnet-") for w in MXNET_WHEELS.values()
+                  if isinstance(cc, tuple) and w.runs_on(cc)]   # it is: _cc_refusal turned away the rest
             per_gpu.append(f"{name} ({_fmt_cc(cc)}) runs only {ok[0]}..{ok[-1]}")
         return _refuse_or_fallback(
             f"no MXNet {MXNET_VERSION} GPU wheel has kernels for every GPU of this host: "

@@ -5,14 +5,14 @@ from pathlib import PurePosixPath
 
 from fleet.engine.git import Git
 from fleet.engine.roles import RoleContext
-from fleet.engine.steps import Apt
+from fleet.engine.steps import Apt, Step
 from fleet.inventory.variables import HostVars
 
 ITEM_KEYS = {"url", "dest", "ref"}
 
 
 def steps(v: HostVars, ctx: RoleContext) -> list:
-    items = [Apt(("git",), cache_max_age=v.apt_cache_max_age, lock_timeout=v.apt_lock_timeout)]
+    items: list[Step] = [Apt(("git",), cache_max_age=v.apt_cache_max_age, lock_timeout=v.apt_lock_timeout)]
     for index, repo in enumerate(v.repos_list):
         key = f"repos_list[{index}]"
         unknown = set(repo) - ITEM_KEYS

@@ -49,7 +49,7 @@ def classroom(hosts_factory, git_server, tmp_path_factory):  # noqa: F811
         "repos_list": [{"url": git_server.url("course.git"), "dest": "course", "ref": "main"}]})
     data = yaml.safe_load(inventory.read_text())
     data["name"] = COURSE
-    for host, student in zip(hosts, ("alice", "bob", "carol")):
+    for host, student in zip(hosts, ("alice", "bob", "carol"), strict=True):
         data["hosts"][host.name]["vars"] = {"student": student}
     inventory.write_text(yaml.safe_dump(data))
     first = fleet("provision", state=state, inventory=inventory)

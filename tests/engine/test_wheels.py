@@ -9,7 +9,6 @@ import io
 import subprocess
 import tarfile
 import threading
-from pathlib import Path
 
 import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename

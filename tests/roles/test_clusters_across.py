@@ -12,7 +12,7 @@ import pytest
 from fleet.engine.compile import compile_plans
 from fleet.engine.roles import RoleSet
 from fleet.engine.secrets import CourseSecrets, Masker
-from fleet.engine.steps import Absent, Command, File, Service, Verify
+from fleet.engine.steps import Absent, Command, File, Service
 from fleet.errors import InputError, InputErrors
 from fleet.inventory import files as inventory
 from roles.clusters import curve
@@ -90,7 +90,9 @@ def test_connection_files_pin_every_port_and_carry_the_keys(tmp_path):
 
 
 def test_keys_are_stable_per_course_and_differ_per_cluster(tmp_path):
-    key = lambda plans: json.loads(files(plans["h1"])[f"{SECURITY}/fleet-cluster-engine.json"].content)
+    def key(plans):
+        return json.loads(files(plans["h1"])[f"{SECURITY}/fleet-cluster-engine.json"].content)
+
     first, again = key(compile_course(tmp_path)[0]), key(compile_course(tmp_path)[0])
     assert first == again
     other = key(compile_course(tmp_path, {"clusters_group": "lab2"}, groups={"lab2": {"hosts": ["h1", "h2"]}})[0])

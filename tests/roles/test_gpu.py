@@ -18,8 +18,7 @@ import pytest
 
 from fleet.engine.facts import Fact
 from roles.mxnet.gpu import (
-    COMMAND, GPU_FACT, HIGHEST_CC, MXNET_WHEELS, Gpu, GpuFacts, MxnetChoice,
-    choose_mxnet_build, driver_max_cuda, gpu_table_rows, normalize_wheel,
+    COMMAND, GPU_FACT, HIGHEST_CC, MXNET_WHEELS, Gpu, GpuFacts, choose_mxnet_build, driver_max_cuda, gpu_table_rows, normalize_wheel,
     parse_compute_cap, parse_cuda_version_json, parse_cuda_version_txt, parse_gpu_probe,
     parse_nvcc_version, parse_query_rows, parse_smi_header, readiness_report, split_sections,
 )

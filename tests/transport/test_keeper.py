@@ -244,7 +244,7 @@ def test_a_command_between_open_and_run_keeps_an_idle_keeper_alive(state, sshd, 
         witness.open()
         witness_pid = _pid(witness_state)
         witness.close()
-        assert _wait(lambda: _process_gone(witness_pid)), "an idle keeper with persist=1 did not end"
+        assert _wait(lambda pid=witness_pid: _process_gone(pid)), "an idle keeper with persist=1 did not end"
         assert not _process_gone(pid), "the keeper ended while a command held an open connection"
     assert conn.run_script("echo still here") == (0, "still here\n")
     conn.close()

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Receives the packages the controller sends before an apply (fleet/engine/runner.py): a tar
 # stream on stdin, right after this script, holding wheels/*.whl (the course lock's, for
 # fleet/engine/wheels.py) and debs/*.deb (for apt's own cache, fleet/engine/debs.py).

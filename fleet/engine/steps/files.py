@@ -15,12 +15,12 @@ from fleet.shell import q
 
 # --- facts shared by several steps -------------------------------------------------
 
-def _parse_stat(text: str) -> dict | None:
+def _parse_stat(text: str) -> dict[str, Any] | None:
     lines = text.strip().splitlines()
     if not lines or lines[0] == "ABSENT":
         return None
     kind, mode, owner, group = lines[0].split("|")
-    info = {"kind": kind, "mode": mode.zfill(4), "owner": owner, "group": group, "sha256": None, "content": None,
+    info: dict[str, Any] = {"kind": kind, "mode": mode.zfill(4), "owner": owner, "group": group, "sha256": None, "content": None,
             "too_big": False}
     for line in lines[1:]:
         tag, _, value = line.partition(" ")
@@ -50,7 +50,7 @@ def path_fact(path: str, content: bool = False, user: str | None = None) -> Fact
     return Fact(key, read_as(user, cmd), _parse_stat, stat_path=None if content else path, user=user)
 
 
-def _attr_commands(path: str, have: dict, owner: str | None, group: str | None, mode: str | None) -> list[str]:
+def _attr_commands(path: str, have: dict[str, Any], owner: str | None, group: str | None, mode: str | None) -> list[str]:
     commands = []
     if (owner and have["owner"] != owner) or (group and have["group"] != group):
         commands.append(f"chown {q((owner or '') + (':' + group if group else ''))} {q(path)}")
@@ -59,7 +59,7 @@ def _attr_commands(path: str, have: dict, owner: str | None, group: str | None, 
     return commands
 
 
-def _not_owned(path: str, have: dict, user: str | None) -> Outcome | None:
+def _not_owned(path: str, have: dict[str, Any], user: str | None) -> Outcome | None:
     """In a user's territory the user must own what a step changes: root changes no owner there."""
     if user and have["owner"] != user:
         return Outcome(False, f"refused: {path} belongs to {have['owner']}, not {user}; root does not change "
@@ -140,17 +140,23 @@ class File(Step):
             return refused
         if have is None or have["sha256"] != self.sha256:
             diff = self._unified_diff(have) if self._diff else None
-            write = f"__put {q(self.path)} {q(self.mode)} {q(self.owner)} {q(self.group)} {q(base64.b64encode(self.content).decode())}"
+            write = f"__put {q(self.path)} {q(self.mode)} {q(self.owner)} {q(self.group)} {q(base64.b64encode(self.content_bytes).decode())}"
             return Outcome(True, f"{'create' if have is None else 'update'} {self.path}", [write], diff)
         commands = _attr_commands(self.path, have, self.owner, self.group, self.mode)
         if commands:
             return Outcome(True, f"fix owner/mode of {self.path}", commands)
         return Outcome(False, f"{self.path} already up to date")
 
-    def _unified_diff(self, have: dict | None) -> str:
+    @property
+    def content_bytes(self) -> bytes:
+        """The content: bytes since __post_init__."""
+        assert isinstance(self.content, bytes)
+        return self.content
+
+    def _unified_diff(self, have: dict[str, Any] | None) -> str:
         old = (have or {}).get("content") or b""
         lines = difflib.unified_diff(old.decode(errors="replace").splitlines(True),
-                                     self.content.decode(errors="replace").splitlines(True),
+                                     self.content_bytes.decode(errors="replace").splitlines(True),
                                      fromfile=f"{self.path} (host)" if have else "/dev/null",
                                      tofile=f"{self.path} (wanted)")
         return "".join(lines)

@@ -109,11 +109,11 @@ class Apt(Step):
 
 
 def venv_fact(venv: str) -> Fact:
-    def parse(text: str) -> dict | None:
+    def parse(text: str) -> dict[str, Any] | None:
         lines = text.split()
         if "VENV" not in lines:
             return None
-        packages = {}
+        packages: dict[str, Any] = {}
         for line in lines:
             if line.endswith(".dist-info"):
                 stem = line.rsplit("/", 1)[-1][: -len(".dist-info")]

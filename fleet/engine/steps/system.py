@@ -79,7 +79,7 @@ class User(Step):
         self.name = f"user {self.user}"
 
     def facts(self, diff: bool = False) -> list[Fact]:
-        def parse(text: str) -> dict | None:
+        def parse(text: str) -> dict[str, Any] | None:
             lines = text.strip().splitlines()
             if not lines or lines[0] == "ABSENT":
                 return None

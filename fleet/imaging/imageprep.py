@@ -23,6 +23,7 @@ import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
+from fleet.engine import hostscripts
 from fleet.shell import q
 
 FIRST_BOOT_UNIT = "fleet-host-keys.service"
@@ -54,32 +55,11 @@ ConditionPathExists={config}
 # a student's, and is kept (its keys are the course key pair's, written by cloud-init at boot).
 LOGIN_USER_FILES = (".bash_history", ".python_history", ".lesshst", ".viminfo")
 
-# Rebuild one home as its user: a fresh folder from /etc/skel, then the course's paths moved over
+# Rebuild one home as its user (rebuild-home.sh): a fresh folder from /etc/skel, then the course's paths moved over
 # from the old home (`dir REL`: made empty with the old one's mode; `copy REL`: moved whole, a file
 # or a checkout); the old home with everything else is then removed. Root only makes the new
 # folder in /home and swaps the two names; nothing is read or written in a home as root.
-REBUILD_HOME = r"""
-__rebuild_home() {
-  local user=$1 home=/home/$1 new=/home/.fleet-new-$1 old=/home/.fleet-old-$1; shift
-  rm -rf -- "$new" "$old"
-  mkdir -m 0700 -- "$new" && chown -- "$user:" "$new" && chmod --reference="$home" -- "$new" || return 1
-  runuser -u "$user" -- bash -c '
-    set -eu; new=$1 home=$2; shift 2
-    cp -a /etc/skel/. "$new"/
-    while [ $# -gt 1 ]; do
-      kind=$1 rel=$2; shift 2
-      if [ "$kind" = dir ]; then
-        mkdir -p -- "$new/$rel"
-        if [ -d "$home/$rel" ] && [ ! -L "$home/$rel" ]; then chmod --reference="$home/$rel" -- "$new/$rel"; fi
-      elif { [ -e "$home/$rel" ] || [ -L "$home/$rel" ]; } && [ ! -e "$new/$rel" ]; then
-        case $rel in */*) mkdir -p -- "$new/${rel%/*}" ;; esac
-        mv -T -- "$home/$rel" "$new/$rel" && echo "carried into the new home: $rel"
-      fi
-    done' _ "$new" "$home" "$@" || return 1
-  mv -T -- "$home" "$old" && mv -T -- "$new" "$home" && rm -rf -- "$old" || return 1
-  echo "removed: everything in $home but /etc/skel and the course's own content (home rebuilt)"
-}
-"""
+REBUILD_HOME = hostscripts.read(Path(__file__).parent / "rebuild-home.sh")
 
 
 def home_content(steps: Iterable[Any]) -> dict[str, list[tuple[str, str]]]:

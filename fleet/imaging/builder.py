@@ -6,7 +6,7 @@ is a dedicated builder started from the base image, never a class machine: `refu
 refuses a machine that was ever in a handout (fleet.engine.state.record_handout) or has a
 student assigned (a `student` variable at any level of the course inventory). `make_ready`
 provisions the builder with --verify, checks that a run right after finds no drift, and runs
-the prepare script (fleet.engine.imageprep), whose home folders are built from /etc/skel plus
+the prepare script (fleet.imaging.imageprep), whose home folders are built from /etc/skel plus
 the course's own content.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from fleet.engine import imageprep, state
+from fleet.engine import state
+from fleet.imaging import imageprep
 from fleet.errors import FleetError
 from fleet.inventory.model import Inventory
 from fleet.inventory.variables import inventory_layers, merge
