@@ -9,6 +9,9 @@ Host I is called hI and answers ssh at 10.211.I.2 (controller side 10.211.I.1/30
 host also reaches the controller at CONTROLLER_ALIAS through its default route, so a test
 can serve something (git daemon, HTTP) on one address that all hosts see.
 
+Longer than 400 lines because booting, the faults tests inject (power cut, rebuild in place)
+and teardown all work on the same host's private state (its overlay, netns, cgroup, pid).
+
 Who owns which index: a process owns host I while it holds an flock on
 /run/jupyter-fleet-hosts/I.lock; hosts booted with `up --detach` are owned by the JSON
 registry instead (a flock dies with its process). Anything else left over is stale and
