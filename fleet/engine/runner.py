@@ -219,7 +219,10 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
         return
     if not _send_packages(changes, options, conn, result):
         return
-    if changes or notified or any(not v.every_run for v in verifies):
+    # A check that failed in the probe is asked again with its wait: the probe asks without one
+    # (a no-op must not wait), and a service still starting (a host just rebooted) deserves it.
+    late = any(not ok for ok, _ in probe_verifies.values())
+    if changes or notified or late or any(not v.every_run for v in verifies):
         apply = Apply(changes, plan.handlers, notified, verifies)
         rc, output = conn.run_script(apply.script())
         _record_apply(apply, apply.parse(output), plan, result, mask)

@@ -50,3 +50,37 @@ def test_the_runner_stops_starting_hosts_past_the_limit(tmp_path, monkeypatch, m
     assert statuses == ["unreachable"] * started + ["skipped"] * (4 - started), statuses
     if started < 4:
         assert run.stopped_reason.startswith(f"--max-fail {max_fail} exceeded")
+
+
+class _Answers:
+    """A connection that records the scripts it is sent and answers the probe with a failed
+    every-run check (a service still starting after a reboot)."""
+
+    connections = commands = 0
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+
+    def run_script(self, script, timeout=None, *, files=()):
+        self.scripts.append(script)
+        nonce = script.split("\n", 1)[0].removeprefix("__N=")
+        if len(self.scripts) == 1:
+            return 0, "".join(f"\n@@{nonce}@@ {m}" for m in ("verify 0\nnothing answers yet", "rc 1", "pending", "done")) + "\n"
+        return 0, ""
+
+
+def test_a_check_failed_in_the_probe_is_asked_again_with_its_wait(monkeypatch, tmp_path):
+    from fleet.engine import runner
+    from fleet.engine.steps import Verify
+    from fleet.inventory.variables import HostVars
+
+    conn = _Answers()
+    monkeypatch.setattr(runner, "connect", lambda host, options: conn)
+    check = Verify("service answers", "test -e /run/service.ready", every_run=True, wait_s=30)
+    plan = HostPlan(Host("h1", "127.0.0.1"), HostVars({}), ["r"], verifies=[("r", check)])
+    runner.run_host(plan, RunOptions(connect=ConnectOptions(known_hosts=tmp_path / "kh")), runner.Stop())
+    assert len(conn.scripts) == 2, "a no-op whose probe check failed must ask it again, waiting"
+    assert "test -e /run/service.ready" in conn.scripts[1]
