@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet.engine import history, speculation, state
-from fleet.engine.compile import compile_plans, host_vars, wanted_packages
+from fleet.engine.compile import compile_plans, host_vars, mask_secrets, wanted_packages
 from fleet.engine.git import RefResolver
 from fleet.engine.report import Reporter, console_width, write_json
 from fleet.engine.results import RunResult
@@ -168,9 +168,7 @@ def show_vars(host: str, inventory: str | None = None, set_: list[str] | None = 
     if host not in session.inventory.hosts:
         raise InputError(f"unknown host {host!r} in {session.inventory.source}", key="--host")
     merged = host_vars(session.inventory, host, session.roleset, parse_set(set_ or []), session.secrets)
-    for key, var in merged.items():
-        if any(part in key for part in ("token", "password", "secret")) and var.value:
-            session.masker.add(var.value)
+    mask_secrets(session.masker, session.roleset, {key: var.value for key, var in merged.items()})
     table = Table(title=f"Variables for {host}", show_edge=False)
     for column in ("name", "value", "from"):
         table.add_column(column)
