@@ -251,7 +251,6 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
           insecure_host_keys: bool = False, now: datetime | None = None) -> dict[str, Any]:
     """Probe, render, write; returns the page's summary (what the CLI prints)."""
     from fleet import app
-    from fleet.engine.compile import host_vars
     from fleet.engine.hostfacts import gather
 
     out_path = Path(output)
@@ -260,8 +259,7 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
     session = app.Session.open(inventory)
     names = session.select(hosts)
     run = load_run(json_path) if json_path else None
-    values = {n: {k: v.value for k, v in host_vars(session.inventory, n, session.roleset, {}, session.secrets).items()}
-              for n in names}
+    values = {n: session.values(n) for n in names}
     if run is None:
         quiet = Console(file=io.StringIO(), width=200)
         run = app.provision(hosts=",".join(names), inventory=inventory, check=True, diff=True,
