@@ -13,6 +13,7 @@ speculation.start(sys.argv)  # last run's probes leave for the hosts while the e
 from invoke import Collection, Exit, task  # noqa: E402
 
 from fleet import cli  # noqa: E402
+from fleet.transport.base import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, PARALLEL  # noqa: E402
 
 HOSTS = "host pattern: names, groups, globs (gpu-*), comma lists, !exclusions, @failed"
 INVENTORY = "inventory file, or aws:COURSE (default: $FLEET_INVENTORY, inventory/local.yml, inventory/aws-lab.yml)"
@@ -21,17 +22,17 @@ INVENTORY = "inventory file, or aws:COURSE (default: $FLEET_INVENTORY, inventory
 @task(help={"hosts": HOSTS, "inventory": INVENTORY, "roles": "only these roles, comma separated",
             "check": "report what would change, change nothing", "diff": "show unified diffs of files",
             "set": "KEY=VALUE overriding every inventory level (repeatable)", "json": "write the full result here",
-            "parallel": "hosts at once (default 20)", "max-fail": "stop starting hosts after this many failures (N or N%)",
+            "parallel": f"hosts at once (default {PARALLEL})", "max-fail": "stop starting hosts after this many failures (N or N%)",
             "verify": "run every role's verification, not only the cheap ones",
             "insecure-host-keys": "accept any host key and record none (throwaway hosts only)",
             "sudo-password": "read a sudo password from the terminal (prompted, never echoed)",
             "verbose": "show every step, not only changes",
-            "connect-timeout": "seconds to wait for a host's SSH (default 10)",
-            "command-timeout": "seconds a host's script may run (default 1800)"},
+            "connect-timeout": f"seconds to wait for a host's SSH (default {CONNECT_TIMEOUT_S})",
+            "command-timeout": f"seconds a host's script may run (default {COMMAND_TIMEOUT_S})"},
       iterable=["set"])
 def provision(c, hosts="all", inventory=None, roles=None, check=False, diff=False, set=None, json=None,
-              parallel=20, max_fail=None, verify=False, insecure_host_keys=False, sudo_password=False, verbose=False,
-              connect_timeout=10, command_timeout=1800):
+              parallel=PARALLEL, max_fail=None, verify=False, insecure_host_keys=False, sudo_password=False,
+              verbose=False, connect_timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S):
     """Converge hosts to their roles; re-run any time to repair drift."""
     cli.provision(hosts=hosts, inventory=inventory, roles=roles, check=check, diff=diff, set_=set, json_path=json,
                   parallel=int(parallel), max_fail=max_fail, verify=verify, insecure_host_keys=insecure_host_keys,

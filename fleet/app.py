@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet.engine import history, speculation, state
-from fleet.engine.compile import compile_plans, host_vars, wanted_packages
+from fleet.engine.compile import compile_plans, host_vars, mask_secrets, wanted_packages
 from fleet.engine.git import RefResolver
 from fleet.engine.report import Reporter, console_width, write_json
 from fleet.engine.results import RunResult
@@ -26,7 +26,7 @@ from fleet.inventory import files as inventory_mod
 from fleet.inventory import patterns, roster
 from fleet.inventory.model import Inventory
 from fleet.inventory.variables import parse_set
-from fleet.transport.base import ConnectOptions
+from fleet.transport.base import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, PARALLEL, ConnectOptions
 
 console = Console(highlight=False, width=console_width())
 
@@ -78,7 +78,7 @@ class Session:
 
 
 def connect_options(insecure_host_keys: bool = False, sudo_password: str | None = None,
-                    connect_timeout: int = 10, command_timeout: int = 1800) -> ConnectOptions:
+                    connect_timeout: int = CONNECT_TIMEOUT_S, command_timeout: int = COMMAND_TIMEOUT_S) -> ConnectOptions:
     return ConnectOptions(known_hosts=state.state_dir() / "known_hosts", strict_host_keys=not insecure_host_keys,
                           sudo_password=sudo_password, connect_timeout=connect_timeout, command_timeout=command_timeout)
 
@@ -102,9 +102,9 @@ def sigint_stops(stop: Stop) -> Iterator[None]:
 
 def provision(hosts: str, inventory: str | None = None, roles: str | None = None, check: bool = False,
               diff: bool = False, set_: list[str] | None = None, json_path: str | None = None,
-              parallel: int = 20, max_fail: str | None = None, verify: bool = False,
+              parallel: int = PARALLEL, max_fail: str | None = None, verify: bool = False,
               insecure_host_keys: bool = False, sudo_password: str | None = None,
-              connect_timeout: int = 10, command_timeout: int = 1800, verbose: bool = False,
+              connect_timeout: int = CONNECT_TIMEOUT_S, command_timeout: int = COMMAND_TIMEOUT_S, verbose: bool = False,
               out: Console | None = None) -> RunResult:
     if max_fail is not None:
         parse_max_fail(max_fail)  # bad input is refused before anything is loaded or resolved
@@ -168,9 +168,7 @@ def show_vars(host: str, inventory: str | None = None, set_: list[str] | None = 
     if host not in session.inventory.hosts:
         raise InputError(f"unknown host {host!r} in {session.inventory.source}", key="--host")
     merged = host_vars(session.inventory, host, session.roleset, parse_set(set_ or []), session.secrets)
-    for key, var in merged.items():
-        if any(part in key for part in ("token", "password", "secret")) and var.value:
-            session.masker.add(var.value)
+    mask_secrets(session.masker, session.roleset, {key: var.value for key, var in merged.items()})
     table = Table(title=f"Variables for {host}", show_edge=False)
     for column in ("name", "value", "from"):
         table.add_column(column)

@@ -33,6 +33,8 @@ from fleet.engine.roles import PROJECT
 from fleet.engine.steps import read_as
 from fleet.errors import InputError
 from fleet.shell import q
+from roles import autostop
+from roles.jupyter import local_address
 from roles.mxnet.gpu import GPU_FACT, choose_mxnet_build, gpu_table_rows
 
 TEMPLATE = "class_report.html.j2"
@@ -55,8 +57,8 @@ def jupyter_fact(address: str, port: int, token: str) -> Fact:
 
 AUTOSTOP_FACT = Fact(
     "report:autostop",
-    "systemctl show -p LoadState -p UnitFileState -p ActiveState fleet-idle-check.timer 2>/dev/null; "
-    "echo ---; cat /var/lib/jupyter-fleet/idle-state.json 2>/dev/null; true",
+    f"systemctl show -p LoadState -p UnitFileState -p ActiveState {autostop.UNIT}.timer 2>/dev/null; "
+    f"echo ---; cat {autostop.STATE_FILE} 2>/dev/null; true",
     lambda text: _parse_autostop(text),
 )
 
@@ -249,7 +251,6 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
           insecure_host_keys: bool = False, now: datetime | None = None) -> dict[str, Any]:
     """Probe, render, write; returns the page's summary (what the CLI prints)."""
     from fleet import app
-    from fleet.engine.compile import host_vars
     from fleet.engine.hostfacts import gather
 
     out_path = Path(output)
@@ -258,8 +259,7 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
     session = app.Session.open(inventory)
     names = session.select(hosts)
     run = load_run(json_path) if json_path else None
-    values = {n: {k: v.value for k, v in host_vars(session.inventory, n, session.roleset, {}, session.secrets).items()}
-              for n in names}
+    values = {n: session.values(n) for n in names}
     if run is None:
         quiet = Console(file=io.StringIO(), width=200)
         run = app.provision(hosts=",".join(names), inventory=inventory, check=True, diff=True,
@@ -270,7 +270,7 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
 
     def facts_for(host) -> list[Fact]:
         v = values[host.name]
-        address = "127.0.0.1" if v.get("jupyter_ip") in ("0.0.0.0", "::", "", None) else v["jupyter_ip"]
+        address = local_address(v.get("jupyter_ip"))
         return [jupyter_fact(address, int(v.get("jupyter_port", 8888)), str(v.get("jupyter_token", ""))),
                 AUTOSTOP_FACT, mxnet_fact(v.get("jupyter_venv", "/opt/jupyter")), GPU_FACT,
                 work_fact(str(v.get("course_user")), work_roots(v, session.inventory.source))]

@@ -146,14 +146,13 @@ def gpus(hosts: str, inventory: str | None, insecure_host_keys: bool = False) ->
     session = app.Session.open(inventory)
     names = session.select(hosts)
     found = gather([session.inventory.hosts[n] for n in names], [GPU_FACT], app.connect_options(insecure_host_keys))
-    from fleet.engine.compile import host_vars
 
     results, errors = {}, {}
     for name, result in found.items():
         if isinstance(result, str):
             errors[name] = result
             continue
-        values = {k: v.value for k, v in host_vars(session.inventory, name, session.roleset, {}, session.secrets).items()}
+        values = session.values(name)
         facts = result[GPU_FACT.key]
         results[name] = (facts, choose_mxnet_build(facts, prefer=values.get("mxnet_build", "auto"),
                                                    cuda=values.get("mxnet_cuda") or None,

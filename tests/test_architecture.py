@@ -2,11 +2,14 @@
 functions), no module reaching into another's private names, every module under 400 lines or
 saying at its top why it is longer, every package folder saying in its docstring what lives there,
 and the framework (engine, inventory, transport) importing neither a role nor a course-level
-feature (the class report, access and handouts, images and bake, the commands)."""
+feature (the class report, access and handouts, images and bake, the commands), and what a role
+knows (its unit names, state files, the local address rule) written down by that role alone."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
 SOURCES = [*PROJECT.glob("fleet/**/*.py"), *PROJECT.glob("roles/**/*.py")]
@@ -156,3 +159,20 @@ def test_the_framework_imports_no_role_and_no_course_feature():
     known = {module_name(p) for p in [*SOURCES, *PROJECT.glob("bench/**/*.py")]}
     edges = {module_name(p): imports(p, known) for p in SOURCES}
     assert upward_imports(edges) == []
+
+
+# What a role knows, only that role writes down; everyone else imports it from the role.
+ROLE_FACTS = [
+    ("fleet-idle-check.timer", "roles/autostop/__init__.py: UNIT"),
+    ("idle-state.json", "roles/autostop/__init__.py: STATE_FILE"),
+    ('"0.0.0.0"', "roles/jupyter/__init__.py: local_address()"),
+]
+
+
+@pytest.mark.parametrize("literal,owner", ROLE_FACTS, ids=[f[0] for f in ROLE_FACTS])
+def test_roles_facts_are_imported_not_retyped(literal, owner):
+    role = PROJECT / owner.split(":")[0]
+    retyped = [str(p.relative_to(PROJECT)) for p in PROJECT.glob("fleet/**/*.py") if literal in p.read_text()]
+    retyped += [str(p.relative_to(PROJECT)) for p in PROJECT.glob("roles/**/*.py")
+                if p != role and literal in p.read_text()]
+    assert retyped == [], f"{literal} is retyped here; import it from {owner}"

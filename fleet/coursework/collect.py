@@ -20,7 +20,7 @@ from fleet.coursework.targets import Target
 from fleet.coursework.unpack import shown, unpack
 from fleet.engine.results import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from fleet.errors import FleetError
-from fleet.transport.base import ConnectOptions, Unreachable
+from fleet.transport.base import PARALLEL, ConnectOptions, Unreachable
 from fleet.transport.connection import connect
 
 
@@ -106,7 +106,7 @@ def collect_one(target: Target, options: ConnectOptions, dest: Path, course: str
 
 
 def collect_all(targets: list[Target], options: ConnectOptions, dest: Path, course: str,
-                on_done: Callable[[Collected], None] = lambda c: None, parallel: int = 20) -> list[Collected]:
+                on_done: Callable[[Collected], None] = lambda c: None, parallel: int = PARALLEL) -> list[Collected]:
     now = store.now_utc()
     store.private_dir(dest)
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from fleet.coursework import store, wire
 from fleet.coursework.collect import run_script
 from fleet.coursework.targets import Target
-from fleet.transport.base import ConnectOptions, Unreachable
+from fleet.transport.base import PARALLEL, ConnectOptions, Unreachable
 
 
 @dataclass
@@ -40,7 +40,7 @@ def fingerprint(target: Target, options: ConnectOptions) -> dict | str:
     return str(result["error"]) if result.get("error") else result
 
 
-def losses(course: str, targets: list[Target], options: ConnectOptions, parallel: int = 20) -> list[Loss]:
+def losses(course: str, targets: list[Target], options: ConnectOptions, parallel: int = PARALLEL) -> list[Loss]:
     """The work that tearing these hosts down would lose."""
     last = store.last_collects(course)
 

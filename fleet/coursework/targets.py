@@ -46,12 +46,11 @@ def max_bytes(values: dict, where: str) -> int:
 
 def resolve(session, names: list[str]) -> list[Target]:
     """The targets of the selected hosts, or one InputErrors naming every problem."""
-    from fleet.engine.compile import host_vars
 
     found, errors = [], []
     seen: dict[str, str] = {}   # student -> host
     for name in names:
-        values = {k: v.value for k, v in host_vars(session.inventory, name, session.roleset, {}, session.secrets).items()}
+        values = session.values(name)
         where = f"{session.inventory.source} (host {name})"
         try:
             student = check_student(values.get("student") or name, f"hosts.{name}.student")

@@ -32,6 +32,17 @@ def host_vars(inventory: Inventory, name: str, roleset: RoleSet, overrides: dict
     return render(merge(layers), functions)
 
 
+def mask_secrets(masker: Masker, roleset: RoleSet, values: dict[str, Any]) -> None:
+    """The one rule of what is secret among a host's values: a knob a role's spec marks `secret`
+    (every role's, used by this host or not), and any value whose name says token, password or
+    secret (fleet.engine.secrets.SECRET_NAME: inventory vars no spec describes)."""
+    masker.add_vars(values)
+    for role in roleset.roles.values():
+        for knob, rule in role.spec.items():
+            if rule.get("secret") and values.get(knob):
+                masker.add(values[knob])
+
+
 def student_vars(inventory: Inventory, name: str, secrets: CourseSecrets) -> dict[str, str]:
     """The host's student (fleet/inventory/roster.py) and the public key that opens their login."""
     student = inventory.students.get(name)
@@ -111,13 +122,9 @@ def compile_plans(inventory: Inventory, hosts: list[str], *, roleset: RoleSet, o
                 continue
             values = HostVars.from_merged(merged)
             check_course_user(host, values, merged)
-            masker.add_vars(values)
+            mask_secrets(masker, roleset, values)
             if host.sudo_password:
                 masker.add(host.sudo_password)
-            for role in roleset.roles.values():  # every role's secrets, used by this host's roles or not
-                for knob, rule in role.spec.items():
-                    if rule.get("secret") and values.get(knob):
-                        masker.add(values[knob])
             plans[name] = _role_steps(name, inventory.hosts[name], values, roles, all_roles, roleset, templates,
                                       resolver, secrets, inventory, peer_vars)
             for _, step in plans[name].steps:   # e.g. a repository URL's password

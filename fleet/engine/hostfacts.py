@@ -7,7 +7,7 @@ from typing import Any, Callable
 from fleet.engine.facts import Fact
 from fleet.engine.remote import Probe
 from fleet.inventory.model import Host
-from fleet.transport.base import ConnectOptions, Unreachable
+from fleet.transport.base import PARALLEL, ConnectOptions, Unreachable
 from fleet.transport.connection import connect
 
 
@@ -26,7 +26,7 @@ SYSTEM = Fact(
 
 
 def gather(hosts: list[Host], facts: list[Fact] | Callable[[Host], list[Fact]], options: ConnectOptions,
-           parallel: int = 20) -> dict[str, dict[str, Any] | str]:
+           parallel: int = PARALLEL) -> dict[str, dict[str, Any] | str]:
     """Facts per host, or an error message for a host that could not be read. `facts` may be a
     function of the host, for facts that carry per-host values (a port, a token)."""
     def one(host: Host) -> dict[str, Any] | str:

@@ -26,7 +26,7 @@ from fleet.engine.steps import KEPT, File, Outcome
 from fleet.engine.sending import RECEIVE, PackageCaches, shipment
 from fleet.engine.wheels import WheelsUnavailable
 from fleet.errors import InputError
-from fleet.transport.base import Connection, ConnectionCut, ConnectOptions, Unreachable
+from fleet.transport.base import PARALLEL, Connection, ConnectionCut, ConnectOptions, Unreachable
 from fleet.transport.connection import connect
 
 
@@ -36,7 +36,7 @@ class RunOptions:
     check: bool = False
     diff: bool = False
     verify: bool = False          # run every verification, not only those of changed roles
-    parallel: int = 20
+    parallel: int = PARALLEL
     max_fail: str | None = None   # "3" hosts or "20%"
     masker: Masker = field(default_factory=Masker)
     packages: PackageCaches | None = None  # the controller's wheels and .debs, for steps that ask to be sent them

@@ -102,7 +102,7 @@ def per_host_paths(values: Mapping[str, Any]) -> list[str]:
 def script(values: Mapping[str, Any], homes: Mapping[str, list[tuple[str, str]]] | None = None) -> str:
     """The prepare script for a machine with these (course-wide) variables; `homes` is
     home_content() of its plan (a home with none is rebuilt from /etc/skel alone)."""
-    from roles import jupyter
+    from roles import autostop, jupyter
 
     service = str(values.get("jupyter_service") or "jupyter")
     roles = set(values.get("roles") or [])
@@ -111,7 +111,7 @@ def script(values: Mapping[str, Any], homes: Mapping[str, list[tuple[str, str]]]
         "shopt -s nullglob",
         # stop the per-host services first, so nothing writes a token or a log after the cleanup
         f"systemctl stop {q(service + '.service')} 2>/dev/null || true",
-        "systemctl stop fleet-idle-check.timer 2>/dev/null || true",
+        f"systemctl stop {autostop.UNIT}.timer 2>/dev/null || true",
         # the first-boot unit, written atomically and enabled
         f"printf %s {q(FIRST_BOOT_TEXT)} > /etc/systemd/system/.{FIRST_BOOT_UNIT}.tmp",
         f"mv -f /etc/systemd/system/.{FIRST_BOOT_UNIT}.tmp /etc/systemd/system/{FIRST_BOOT_UNIT}",

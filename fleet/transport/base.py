@@ -20,6 +20,10 @@ from fleet.errors import FleetError
 from fleet.inventory.model import Host
 
 PERSIST_DEFAULT_S = 300
+# The run's defaults, written once: the CLI, the library face and the runners all read these.
+PARALLEL = 20               # hosts at once
+CONNECT_TIMEOUT_S = 10      # for a host's SSH to answer
+COMMAND_TIMEOUT_S = 1800    # for one script on a host
 
 
 class Unreachable(FleetError):
@@ -44,8 +48,8 @@ class ConnectionCut(Unreachable):
 class ConnectOptions:
     known_hosts: Path
     strict_host_keys: bool = True   # False: accept any key, record nothing (throwaway hosts)
-    connect_timeout: int = 10
-    command_timeout: int = 1800
+    connect_timeout: int = CONNECT_TIMEOUT_S
+    command_timeout: int = COMMAND_TIMEOUT_S
     sudo_password: str | None = None
 
 

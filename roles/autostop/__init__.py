@@ -14,6 +14,7 @@ from fleet.engine.roles import RoleContext
 from fleet.engine.steps import Apt, Directory, File, Handler, Service, Verify, reload_if_changed
 from fleet.inventory.variables import HostVars
 from fleet.shell import q
+from roles.jupyter import local_address
 
 SOURCE = Path(__file__).resolve().parent / "files" / "fleet-idle-check"
 SCRIPT = "/usr/local/sbin/fleet-idle-check"
@@ -66,7 +67,7 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
 
 
 def _jupyter_url(v: HostVars) -> str:
-    address = "127.0.0.1" if v.jupyter_ip in ("0.0.0.0", "::", "") else v.jupyter_ip
+    address = local_address(v.jupyter_ip)
     if ":" in address:
         address = f"[{address}]"
     return f"http://{address}:{v.jupyter_port}"

@@ -48,8 +48,14 @@ def steps(v: HostVars, ctx: RoleContext) -> list:
     ]
 
 
+def local_address(jupyter_ip: str | None) -> str:
+    """Where a check on the host itself reaches Jupyter: a server listening on every address
+    (0.0.0.0, ::, or unset) answers on 127.0.0.1. Other roles and the class report use this."""
+    return "127.0.0.1" if jupyter_ip in ("0.0.0.0", "::", "", None) else str(jupyter_ip)
+
+
 def _api_check(v: HostVars) -> str:
-    address = "127.0.0.1" if v.jupyter_ip in ("0.0.0.0", "::", "") else v.jupyter_ip
+    address = local_address(v.jupyter_ip)
     # /api/status needs the token: a 2xx proves the server is up and takes this host's token.
     # __http_ok (fleet.engine.remote) is a bash function, so the token is never in a process's arguments.
     return f"__http_ok {q(address)} {int(v.jupyter_port)} /api/status {q(v.jupyter_token)}"
