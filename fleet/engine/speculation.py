@@ -8,8 +8,8 @@ answer only when the freshly compiled probe is the same script byte for byte, ap
 nonce (`claim`); otherwise it probes as always, and the early answer is dropped. Output and exit
 codes are the same either way.
 
-Never speculated: runs without the keeper (`FLEET_SSH_PERSIST=0`), with `--insecure-host-keys`,
-hosts that need a sudo password, and AWS inventories (their addresses come from the API at run
+Never speculated: runs without the keeper (`FLEET_SSH_PERSIST=0`), with `--insecure-host-keys` or
+`--sudo-password`, hosts that need a sudo password, and AWS inventories (their addresses come from the API at run
 time). The store (`<state>/speculative-probes.json`, 0600 like the course secrets) holds the
 probe scripts, which carry the Jupyter token the health check sends to the host's own Jupyter.
 
@@ -29,6 +29,8 @@ from typing import Any, Sequence
 STORE = "speculative-probes.json"
 COMMANDS = ("provision", "check")
 ENV = ("FLEET_INVENTORY", "FLEET_ROLES_PATH", "FLEET_STATE_DIR", "FLEET_SSH_PERSIST")
+# tasks.py's flags for accepting any host key and for a sudo password, long and short.
+NOT_SPECULATED = frozenset({"--insecure-host-keys", "-n", "--sudo-password", "-u"})
 MAX_RUNS = 20           # command lines remembered per state folder
 
 
@@ -76,7 +78,9 @@ class Speculation:
         and the script is the same; None: probe now. Records the script for the next run."""
         nonce_line, _, template = script.partition("\n")
         if _can_speculate(host, options):
-            self.seen[host.name] = {"host": _host_fields(host), "options": _option_fields(options),
+            from fleet.transport.keeper import host_fields, option_fields   # loaded by the run by now
+
+            self.seen[host.name] = {"host": host_fields(host), "options": option_fields(options),
                                     "template": template}
         early = self.started.pop(host.name, None)   # once: a second task in the same command probes anew
         if early is None or early.template != template or not nonce_line.startswith("__N="):
@@ -110,7 +114,7 @@ def start(argv: Sequence[str]) -> None:
     """Send last run's probes for this command line, in the background (called by tasks.py)."""
     global current
     command = next((arg for arg in argv[1:] if not arg.startswith("-")), None)
-    if command not in COMMANDS or "--insecure-host-keys" in argv or "--ask-sudo-password" in argv:
+    if command not in COMMANDS or set(argv) & NOT_SPECULATED:
         return
     persist = os.environ.get("FLEET_SSH_PERSIST", "300").strip()
     if persist == "0" or not persist.isdigit():
@@ -148,15 +152,6 @@ def _probe(early: _Early, entry: dict[str, Any], state: Path, persist: int) -> N
 
 def _can_speculate(host: Any, options: Any) -> bool:
     return bool(options.strict_host_keys and not options.sudo_password and not getattr(host, "sudo_password", None))
-
-
-def _host_fields(host: Any) -> dict[str, Any]:
-    return {"name": host.name, "address": host.address, "user": host.user, "port": host.port, "key": host.key}
-
-
-def _option_fields(options: Any) -> dict[str, Any]:
-    return {"known_hosts": str(options.known_hosts), "strict_host_keys": options.strict_host_keys,
-            "connect_timeout": options.connect_timeout, "command_timeout": options.command_timeout}
 
 
 def _load(path: Path) -> dict[str, Any]:

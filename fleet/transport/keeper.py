@@ -53,7 +53,7 @@ class KeptConnection:
         self._sock = _keeper_socket(state_dir, persist)
 
     def open(self) -> None:
-        request = {"op": "open", "host": _host_fields(self.host), "options": _option_fields(self.options)}
+        request = {"op": "open", "host": host_fields(self.host), "options": option_fields(self.options)}
         try:
             reply = self._call(request)
         except KeeperGone:
@@ -103,11 +103,12 @@ class KeeperGone(Unreachable):
     """The keeper closed before answering a request that runs nothing."""
 
 
-def _host_fields(host: Host) -> dict[str, Any]:
+def host_fields(host: Host) -> dict[str, Any]:
+    """What a host is reached by, as the keeper and the speculative probes store it."""
     return {"name": host.name, "address": host.address, "user": host.user, "port": host.port, "key": host.key}
 
 
-def _option_fields(options: ConnectOptions) -> dict[str, Any]:
+def option_fields(options: ConnectOptions) -> dict[str, Any]:
     fields = asdict(options) | {"known_hosts": str(options.known_hosts)}
     fields.pop("sudo_password")        # sent with each script, never kept
     return fields

@@ -96,7 +96,9 @@ def test_hosts_that_did_not_answer_and_aws_inventories_are_not_stored(tmp_path):
 @pytest.mark.parametrize("argv,env", [
     (["invoke", "facts"], {}),
     (["invoke", "provision", "--insecure-host-keys"], {}),
-    (["invoke", "provision", "--ask-sudo-password"], {}),
+    (["invoke", "provision", "--sudo-password"], {}),
+    (["invoke", "check", "-u"], {}),
+    (["invoke", "provision", "-n"], {}),
     (["invoke", "provision"], {"FLEET_SSH_PERSIST": "0"}),
 ])
 def test_other_commands_and_settings_are_never_speculated(argv, env, monkeypatch):
