@@ -34,6 +34,7 @@ class DebCache:
         self.root = root
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._checked: set[Deb] = set()    # verified in this run: not hashed again for every host
 
     def file(self, deb: Deb) -> Path:
         if not deb.file.endswith(".deb") or set(deb.file) - _SAFE or deb.file.startswith("."):
@@ -44,11 +45,13 @@ class DebCache:
             lock = self._locks.setdefault(deb.file, threading.Lock())
         path = self.root / deb.file
         with lock:
-            if path.exists() and _matches(path.read_bytes(), deb):
+            if deb in self._checked or (path.exists() and _matches(path.read_bytes(), deb)):
+                self._checked.add(deb)
                 return path
             self.root.mkdir(parents=True, exist_ok=True)
             data = _download(deb)
             atomic.replace(path, data, mode=0o644)
+            self._checked.add(deb)
             return path
 
 

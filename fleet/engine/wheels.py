@@ -67,9 +67,17 @@ class WheelCache:
     def files(self, locked: LockedVenv, names: Iterable[str]) -> list[tuple[Path, str]]:
         """(controller path, file name) of the wheels of these canonical names, as the lock pins them."""
         self._download(locked)
+        found = self._cached(locked, names)
+        missing = sorted(set(names) - set(found))
+        if missing:
+            raise WheelsUnavailable(f"the controller's wheel cache {self.folder(locked)} lacks {', '.join(missing)}")
+        return [found[name] for name in sorted(found)]
+
+    def _cached(self, locked: LockedVenv, names: Iterable[str]) -> dict[str, tuple[Path, str]]:
+        """Canonical name -> the cached wheel of the version the lock pins (hosts check its hash)."""
         pins = locked.pins()
         wanted = {name: Version(pins[name]) for name in names}
-        found = {}
+        found: dict[str, tuple[Path, str]] = {}
         for path in self.folder(locked).glob("*.whl"):
             try:
                 name, version, _, _ = parse_wheel_filename(path.name)
@@ -77,14 +85,16 @@ class WheelCache:
                 continue
             if wanted.get(canonicalize_name(name)) == version:
                 found[canonicalize_name(name)] = (path, path.name)
-        missing = sorted(set(wanted) - set(found))
-        if missing:
-            raise WheelsUnavailable(f"the controller's wheel cache {self.folder(locked)} lacks {', '.join(missing)}")
-        return [found[name] for name in sorted(found)]
+        return found
 
     def _download(self, locked: LockedVenv) -> None:
         with self._lock:
             if locked.fingerprint in self._complete:
+                return
+            if len(self._cached(locked, locked.pins())) == len(locked.pins()):
+                # Every pin is already here (an earlier class): no index is asked, so a controller
+                # offline since then still serves it.
+                self._complete.add(locked.fingerprint)
                 return
             folder = self.folder(locked)
             folder.mkdir(parents=True, exist_ok=True)

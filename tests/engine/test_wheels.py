@@ -135,3 +135,12 @@ def test_a_locked_pip_step_installs_sent_wheels_only_from_the_host_folder(lock, 
     assert outcome.wheels == ((lock, ("idna", "markupsafe")) if sent else None)
     nothing = step.plan({venv_fact("/opt/x").key: {"idna": "3.10", "markupsafe": "3.0.3"}})
     assert not nothing.changed and nothing.wheels is None
+
+
+def test_a_cache_holding_every_pin_asks_no_index(cache, lock, monkeypatch):
+    """A later class (a new command) finds every pinned wheel in the cache: pip is not run, so a
+    controller offline since then still serves the class."""
+    cache.files(lock, ["idna"])            # the lock is in the cache
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *a, **k: pytest.fail("asked the index again"))
+    again = WheelCache(cache.root).files(lock, ["idna", "markupsafe"])
+    assert [name.split("-")[0] for _, name in again] == ["idna", "markupsafe"]
