@@ -25,7 +25,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from fleet.imaging import imageprep
+from fleet.course.imaging import imageprep
 from fleet.testhosts import hosts as testhosts
 from fleet.testhosts import layers
 

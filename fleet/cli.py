@@ -11,7 +11,8 @@ from pathlib import Path
 from invoke import Exit
 from rich.table import Table
 
-from fleet import access, app, atomic
+from fleet import app, atomic
+from fleet.course import access
 from fleet.engine.results import EXIT_INPUT
 from fleet.errors import FleetError, InputError
 
@@ -174,7 +175,7 @@ def gpus(hosts: str, inventory: str | None, insecure_host_keys: bool = False) ->
 @user_errors
 def report(hosts: str, inventory: str | None, output: str, json_path: str | None, with_urls: bool,
            insecure_host_keys: bool = False) -> None:
-    from fleet.classreport import build
+    from fleet.course.classreport import build
 
     done = build(hosts, inventory, output, json_path=json_path, with_urls=with_urls,
                  insecure_host_keys=insecure_host_keys)
@@ -214,7 +215,7 @@ def demo_down(collect_first: bool = False, discard: bool = False) -> None:
     from fleet.transport.keeper import stop
 
     if LOCAL_INVENTORY.exists():   # the demo's hosts' disks go: their students' work first
-        from fleet.coursework.commands import before_teardown
+        from fleet.course.coursework.commands import before_teardown
 
         session = app.Session.open(str(LOCAL_INVENTORY))
         if not before_teardown(session, list(session.inventory.hosts), "demo-down", collect_first=collect_first,
@@ -226,7 +227,7 @@ def demo_down(collect_first: bool = False, discard: bool = False) -> None:
 
 @user_errors
 def collect(hosts: str, inventory: str | None, to: str | None, insecure_host_keys: bool = False) -> None:
-    from fleet.coursework.commands import collect as run
+    from fleet.course.coursework.commands import collect as run
 
     code = run(hosts, inventory, to, insecure_host_keys, console)
     if code:
@@ -236,7 +237,7 @@ def collect(hosts: str, inventory: str | None, to: str | None, insecure_host_key
 @user_errors
 def restore(student: str, host: str | None, from_: str | None, inventory: str | None, to: str | None,
             overwrite: bool = False, insecure_host_keys: bool = False) -> None:
-    from fleet.coursework.commands import restore_work
+    from fleet.course.coursework.commands import restore_work
 
     restore_work(student, host, from_, inventory, to, overwrite, insecure_host_keys, console)
 

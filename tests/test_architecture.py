@@ -1,8 +1,8 @@
 """The tree tells the architecture: no import circles in the package (module-level or inside
 functions), no module reaching into another's private names, every module under 400 lines or
 saying at its top why it is longer, every package folder saying in its docstring what lives there,
-and the framework (engine, inventory, transport) importing neither a role nor a course-level
-feature (the class report, access and handouts, images and bake, the commands), and what a role
+and the layers kept (framework, roles, the library face and the cloud, the course layer, the
+command faces: none imports from a layer above its own), and what a role
 knows (its unit names, state files, the local address rule) written down by that role alone."""
 from __future__ import annotations
 
@@ -134,31 +134,65 @@ def test_no_module_takes_another_modules_private_names():
     assert reach == {}
 
 
-# The framework runs any course's roles; what one course or one command needs sits above it.
-FRAMEWORK = ("fleet.engine", "fleet.inventory", "fleet.transport")
-ABOVE_THE_FRAMEWORK = ("roles", "bench", "fleet.classreport", "fleet.classreport_jupyter", "fleet.access",
-                       "fleet.imaging", "fleet.aws", "fleet.coursework", "fleet.app", "fleet.cli", "fleet.testhosts")
+# The layers, lowest first. A module imports only from its own layer or one below; the small
+# helpers (fleet.errors, fleet.atomic, fleet.yamlfile, fleet.shell) sit under all of them.
+LAYERS = [
+    ("framework", ("fleet.engine", "fleet.inventory", "fleet.transport")),  # runs any course's roles
+    ("roles", ("roles",)),                                                  # what a course installs
+    ("library", ("fleet.app", "fleet.aws")),                                # one run; the cloud's API
+    ("course", ("fleet.course",)),                                          # report, access, images, work
+    ("faces", ("fleet.cli", "fleet.commands", "fleet.aws.tasks", "fleet.testhosts", "fleet.lint", "bench")),
+]
+
+
+def layer_of(name: str) -> int | None:
+    """The highest layer whose prefix names the module (fleet.aws.tasks is a face, fleet.aws below)."""
+    found = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            found = rank
+    return found
 
 
 def upward_imports(edges: dict[str, set[str]]) -> list[str]:
-    """`a -> b` for each framework module a that imports a module b above the framework."""
-    def within(name: str, prefixes: tuple[str, ...]) -> bool:
-        return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-    return sorted(f"{a} -> {b}" for a, targets in edges.items() if within(a, FRAMEWORK)
-                  for b in targets if within(b, ABOVE_THE_FRAMEWORK))
-
-
-def test_the_upward_import_finder_finds_roles_and_course_modules():
-    edges = {"fleet.engine.x": {"roles.jupyter", "fleet.engine.y"}, "fleet.inventory.z": {"fleet.imaging.builder"},
-             "fleet.transport.t": {"fleet.errors"}, "fleet.cli": {"roles.jupyter"}, "fleet.engineering": {"roles"}}
-    assert upward_imports(edges) == ["fleet.engine.x -> roles.jupyter", "fleet.inventory.z -> fleet.imaging.builder"]
+    """`a -> b (lower -> higher)` for each import that reaches up a layer."""
+    found = []
+    for a, targets in edges.items():
+        for b in targets:
+            la, lb = layer_of(a), layer_of(b)
+            if la is not None and lb is not None and lb > la:
+                found.append(f"{a} -> {b} ({LAYERS[la][0]} -> {LAYERS[lb][0]})")
+    return sorted(found)
 
 
-def test_the_framework_imports_no_role_and_no_course_feature():
+UPWARD_CASES = [  # each the shape of an import the tree once had, or could grow
+    ({"fleet.engine.x": {"roles.jupyter"}}, ["fleet.engine.x -> roles.jupyter (framework -> roles)"]),
+    ({"fleet.inventory.z": {"fleet.course.imaging.builder"}},
+     ["fleet.inventory.z -> fleet.course.imaging.builder (framework -> course)"]),
+    ({"fleet.aws.bake": {"fleet.course.imaging.builder"}},   # bake lived in the cloud layer
+     ["fleet.aws.bake -> fleet.course.imaging.builder (library -> course)"]),
+    ({"fleet.course.access": {"fleet.cli"}}, ["fleet.course.access -> fleet.cli (course -> faces)"]),
+    ({"fleet.app": {"fleet.aws.tasks"}}, ["fleet.app -> fleet.aws.tasks (library -> faces)"]),
+    ({"fleet.cli": {"roles.jupyter", "fleet.course.access"}, "fleet.aws.tasks": {"fleet.aws.cloud"},
+      "fleet.transport.t": {"fleet.errors"}, "fleet.engineering": {"roles"}}, []),
+]
+
+
+@pytest.mark.parametrize("edges,expected", UPWARD_CASES)
+def test_the_upward_import_finder(edges, expected):
+    assert upward_imports(edges) == expected
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
     known = {module_name(p) for p in [*SOURCES, *PROJECT.glob("bench/**/*.py")]}
-    edges = {module_name(p): imports(p, known) for p in SOURCES}
+    edges = {module_name(p): imports(p, known) for p in [*SOURCES, *PROJECT.glob("bench/**/*.py")]}
     assert upward_imports(edges) == []
+
+
+def test_every_module_has_a_layer():
+    helpers = {"fleet", "fleet.errors", "fleet.atomic", "fleet.yamlfile", "fleet.shell"}
+    loose = sorted(n for n in (module_name(p) for p in SOURCES) if layer_of(n) is None and n not in helpers)
+    assert loose == []
 
 
 # What a role knows, only that role writes down; everyone else imports it from the role.

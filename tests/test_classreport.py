@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import classreport
+from fleet.course import classreport
 
 from fleet.engine import history
 from fleet.aws.cloud import StatusRow

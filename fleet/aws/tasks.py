@@ -246,7 +246,7 @@ def terminate(c, course=None, region=None, yes=False, images_=False, collect=Fal
 def _work_guard(course: str, targets: list, inventory: str | None, collect: bool, discard: bool,
                 insecure_host_keys: bool, out: Console, to: str | None = None) -> None:
     """Student work on the doomed disks: collected, or explicitly given up; else exit 1."""
-    from fleet.coursework.commands import guard_instances
+    from fleet.course.coursework.commands import guard_instances
     from fleet.errors import FleetError, InputError
 
     try:
@@ -313,7 +313,7 @@ def bake(c, course=None, builder=None, inventory=None, region=None, user="ubuntu
          instance_type="g4dn.xlarge", ami=None, cidr=None, insecure_host_keys=False):
     """Make the course's image on a fresh builder: launch it from the base image, provision and verify it,
     prepare and image it, terminate it (never a class machine)."""
-    from fleet.aws import bake as baking
+    from fleet.course.imaging import bake as baking
     from fleet.errors import FleetError, InputError
 
     course = _need(course)

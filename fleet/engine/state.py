@@ -50,7 +50,7 @@ def _handouts_file() -> Path:
 
 def record_handout(course: str, hosts: list[str] | tuple[str, ...] | set[str]) -> None:
     """Remember that these machines (names, and instance ids where known) were handed to students:
-    `bake` never images one of them (fleet.imaging.builder). Only ever added to."""
+    `bake` never images one of them (fleet.course.imaging.builder). Only ever added to."""
     path = _handouts_file()
     with atomic.locked(path.with_name(".handouts.lock")):
         data = json.loads(path.read_text()) if path.exists() else {}

@@ -87,7 +87,7 @@ def run_demo(count: int, keep: bool = True) -> int:
     # The demo's hosts are throwaway containers that share one base image: no host-key pinning.
     run = app.provision(hosts="all", inventory=str(LOCAL_INVENTORY), insecure_host_keys=True)
     if run.exit_code() == 0:
-        from fleet import access
+        from fleet.course import access
 
         app.console.print("\n[bold]Reach each host's Jupyter[/] (run the ssh command, then open the URL):")
         sys.stdout.write(access.handout(app.Session.open(str(LOCAL_INVENTORY)), "all", "md")[0])

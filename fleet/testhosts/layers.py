@@ -26,13 +26,13 @@ _PER_HOST_FILES = ("etc/hostname", "etc/hosts", "etc/machine-id")
 
 def bake_course(inventory: Path, name: str, builder: TestHost | None = None,
                 info: Mapping[str, Any] | None = None) -> Path:
-    """A course's baked layer, made the way `invoke bake` makes an EC2 image (fleet.aws.bake): a
+    """A course's baked layer, made the way `invoke bake` makes an EC2 image (fleet.course.imaging.bake): a
     builder booted fresh from the base (or `builder`, refused when it was in one of the course's
-    handouts or has a student assigned: fleet.imaging.builder.refuse_source), provisioned with the
-    course's `vars`, verified, checked for drift and prepared (fleet.imaging.builder.make_ready: homes
+    handouts or has a student assigned: fleet.course.imaging.builder.refuse_source), provisioned with the
+    course's `vars`, verified, checked for drift and prepared (fleet.course.imaging.builder.make_ready: homes
     from /etc/skel plus the course's content), then turned into the layer `name` and torn down.
     The fleet's state (known hosts, secrets) is that of the caller (FLEET_STATE_DIR)."""
-    from fleet.imaging import builder as builders
+    from fleet.course.imaging import builder as builders
     from fleet.engine import state
     from fleet.inventory import files as inventory_mod
     from fleet.transport import keeper
@@ -58,7 +58,7 @@ def bake_course(inventory: Path, name: str, builder: TestHost | None = None,
 def bake_layer(h: TestHost, name: str, prepare: str | None, info: Mapping[str, Any] | None = None) -> Path:
     """Turn a provisioned host into a cached layer that hosts can boot from; the host is torn down.
 
-    `prepare` is the prepare-for-imaging script (fleet.imaging.imageprep), run as root on the host
+    `prepare` is the prepare-for-imaging script (fleet.course.imaging.imageprep), run as root on the host
     (None: it already ran, as bake_course runs it). Then the host shuts down and its upper dir, renamed (same filesystem: no copy), becomes
     LAYERS/name, an extra lower layer over the base. Overlayfs honours the whiteouts and
     opaque dirs a lower layer carries, so what the provision deleted stays deleted.

@@ -1,8 +1,8 @@
-"""`bake` itself (fleet.aws.bake.bake and the CLI task) against a moto server: it launches a
+"""`bake` itself (fleet.course.imaging.bake.bake and the CLI task) against a moto server: it launches a
 dedicated builder from the base image, hands exactly that machine to the machine part, images
 it and terminates it; it refuses a machine that was in a handout or has a student assigned,
 before anything is provisioned or imaged. The machine part (provision, verify, check, prepare:
-fleet.imaging.builder.make_ready) needs SSH, which moto's instances do not answer: here it is
+fleet.course.imaging.builder.make_ready) needs SSH, which moto's instances do not answer: here it is
 replaced by a recorder; tests/testhosts/test_clean_bake_hosts.py runs it for real."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.aws import bake as baking
+from fleet.course.imaging import bake as baking
 from fleet.aws import cloud, images
 from fleet.engine import state
-from fleet.imaging.builder import BakeRefused
+from fleet.course.imaging.builder import BakeRefused
 from tests.aws.test_cloud import CIDR, REGION, REPO, _run_task, ami, aws, moto_url, tags_of, up  # noqa: F401
 from tests.aws.test_images import RECIPE, write_recipe
 

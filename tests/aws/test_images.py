@@ -199,7 +199,7 @@ def test_bake_refuses_bad_input_before_touching_anything(aws, baked, tmp_path):
 
 @pytest.mark.parametrize("roles", [["jupyter"], ["jupyter", "autostop"], ["repos"], ["jupyter", "clusters", "r_kernel"]])
 def test_the_prepare_script_parses_and_removes_what_the_roles_write(roles):
-    from fleet.imaging import imageprep
+    from fleet.course.imaging import imageprep
     from roles import autostop, jupyter
 
     text = imageprep.script({"roles": roles, "jupyter_service": "jupyter"})

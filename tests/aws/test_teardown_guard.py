@@ -1,6 +1,6 @@
 """`terminate` refuses to destroy uncollected student work, against a moto server (the fixtures of
 tests/aws/test_cloud.py). moto's instances cannot be logged into, so here the host's part, the
-fingerprint of its work folder (fleet.coursework.guard.fingerprint), is replaced at that function's
+fingerprint of its work folder (fleet.course.coursework.guard.fingerprint), is replaced at that function's
 boundary; tests/coursework/test_coursework_hosts.py runs the same terminate with the fingerprint
 read from a real host."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ from invoke import Context, Exit
 
 from fleet.aws import cloud
 from fleet.aws import tasks as tasks_cloud
-from fleet.coursework import collect as collecting
-from fleet.coursework import guard, store
+from fleet.course.coursework import collect as collecting
+from fleet.course.coursework import guard, store
 from tests.aws.test_cloud import ami, aws, moto_url, up  # noqa: F401 (fixtures)
 
 COURSE = "chem"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from fleet.coursework import guard, hostside, store, wire
-from fleet.coursework.targets import Target
-from fleet.coursework.unpack import name_problem, unpack
+from fleet.course.coursework import guard, hostside, store, wire
+from fleet.course.coursework.targets import Target
+from fleet.course.coursework.unpack import name_problem, unpack
 
 NOTEBOOK = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}).encode()
 
@@ -283,7 +283,7 @@ def test_bad_input_touches_nothing(monkeypatch, tmp_path, capsys, call, expected
 ])
 def test_bad_knobs_are_named(tmp_path, monkeypatch, vars_, key):
     from fleet import app
-    from fleet.coursework import targets
+    from fleet.course.coursework import targets
     from fleet.errors import InputError
 
     monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path / "state"))

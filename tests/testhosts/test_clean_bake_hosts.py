@@ -1,5 +1,5 @@
 """Nothing a student did survives into a course image (issue 19), on real hosts, through the real
-bake code (fleet.testhosts.layers.bake_course: the refusal and fleet.imaging.builder.make_ready that
+bake code (fleet.testhosts.layers.bake_course: the refusal and fleet.course.imaging.builder.make_ready that
 `invoke bake` runs on EC2).
 
 A student on a class machine plants an authorized key, an IPython startup file, a user kernelspec,
@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from fleet.imaging.builder import BakeRefused
+from fleet.course.imaging.builder import BakeRefused
 from fleet.testhosts import hosts as testhosts
 from fleet.testhosts.common import BASE
 from fleet.testhosts import layers

@@ -1,6 +1,6 @@
 """Course images on real hosts: bake a course (jupyter, repos, clusters, r_kernel) into a layer with
 the real bake code (fleet.testhosts.layers.bake_course: a fresh builder, provisioned, verified,
-checked and prepared by fleet.imaging.builder.make_ready, as `invoke bake` does on EC2), boot a class
+checked and prepared by fleet.course.imaging.builder.make_ready, as `invoke bake` does on EC2), boot a class
 of 3 from it, and provision them: only per-host changes, every check passing, a cell on each through
 its own token, distinct host keys, then a no-op run."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from fleet.imaging import imageprep
+from fleet.course.imaging import imageprep
 
 from fleet.testhosts import hosts as testhosts
 from fleet.testhosts import layers

@@ -183,6 +183,6 @@ def _howto(row: dict, pinned: bool) -> str:
 
 
 def _remember(session: app.Session, names: list[str]) -> None:
-    """These machines are students' now: `bake` never images them (fleet.imaging.builder)."""
+    """These machines are students' now: `bake` never images them (fleet.course.imaging.builder)."""
     ids = [str(session.inventory.hosts[n].vars.get("instance_id") or "") for n in names]
     state.record_handout(session.inventory.name, [*names, *filter(None, ids)])

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from fleet.coursework import store, wire
-from fleet.coursework.collect import run_script
-from fleet.coursework.targets import Target
+from fleet.course.coursework import store, wire
+from fleet.course.coursework.collect import run_script
+from fleet.course.coursework.targets import Target
 from fleet.transport.base import PARALLEL, ConnectOptions, Unreachable
 
 

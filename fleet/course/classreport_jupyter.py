@@ -1,4 +1,4 @@
-"""Runs on a host, not here: `invoke report`'s Jupyter probe (fleet.classreport.jupyter_fact).
+"""Runs on a host, not here: `invoke report`'s Jupyter probe (fleet.course.classreport.jupyter_fact).
 
 GET /api (no token: is it answering, which version) and /api/kernelspecs (with the token: what
 the server lists), printed as one JSON line. The probe sends this file's text to `python3 -I -`

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fleet.coursework import collect as collecting
-from fleet.coursework import guard, store, targets
-from fleet.coursework.restore import choose_collect, restore
+from fleet.course.coursework import collect as collecting
+from fleet.course.coursework import guard, store, targets
+from fleet.course.coursework.restore import choose_collect, restore
 from fleet.errors import InputError
 
 

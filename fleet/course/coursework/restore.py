@@ -11,10 +11,10 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet.coursework import store, wire
-from fleet.coursework.collect import run_script
-from fleet.coursework.targets import Target
-from fleet.coursework.unpack import name_problem, shown
+from fleet.course.coursework import store, wire
+from fleet.course.coursework.collect import run_script
+from fleet.course.coursework.targets import Target
+from fleet.course.coursework.unpack import name_problem, shown
 from fleet.errors import FleetError, InputError
 from fleet.transport.base import ConnectOptions
 

@@ -2,11 +2,11 @@
 
 The steps in order, each a refusal point: the recipe (inventory) is valid; the builder is
 launched from the base image (or, with `--builder NAME`, taken: refused when it was ever in a
-handout or has a student assigned, fleet.imaging.builder.refuse_source); `provision --verify` on
-it succeeds; a check run right after finds no drift; the prepare script (fleet.imaging.imageprep:
+handout or has a student assigned, fleet.course.imaging.builder.refuse_source); `provision --verify` on
+it succeeds; a check run right after finds no drift; the prepare script (fleet.course.imaging.imageprep:
 homes built from /etc/skel plus the course's content) runs; CreateImage, tags, wait
 (fleet.aws.images); the builder is terminated, whatever happened after it started. The machine
-part (fleet.imaging.builder.make_ready) is the one the test hosts' baked layers use.
+part (fleet.course.imaging.builder.make_ready) is the one the test hosts' baked layers use.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Callable
 import yaml
 
 from fleet.aws import cloud, images
-from fleet.imaging import builder as builders
+from fleet.course.imaging import builder as builders
 from fleet.engine import recipe, state
-from fleet.imaging.builder import BakeRefused
+from fleet.course.imaging.builder import BakeRefused
 from fleet.errors import InputError
 
 __all__ = ["BakeRefused", "BakeResult", "bake", "take_builder"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from fleet.coursework.store import check_student
+from fleet.course.coursework.store import check_student
 from fleet.errors import InputError, InputErrors
 from fleet.inventory.model import Host
 

@@ -22,9 +22,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from rich.console import Console
 
-from fleet import classreport_jupyter
-from fleet.coursework.store import human_bytes, last_collects
-from fleet.coursework.targets import work_roots
+from fleet.course import classreport_jupyter
+from fleet.course.coursework.store import human_bytes, last_collects
+from fleet.course.coursework.targets import work_roots
 from fleet.engine import history
 from fleet.engine.drift import compact
 from fleet.engine.drift import groups as drift_groups
@@ -44,7 +44,7 @@ STATUSES = ("ok", "changed", "drift", "failed", "unreachable", "interrupted", "s
 # ---------------------------------------------------------------- facts (read-only, one probe)
 
 def _jupyter_command(address: str, port: int, token: str) -> str:
-    """fleet/classreport_jupyter.py and a call of its main: the program and the token reach
+    """fleet/course/classreport_jupyter.py and a call of its main: the program and the token reach
     python on stdin, never in arguments."""
     program = (Path(classreport_jupyter.__file__).read_text()
                + f"\nmain({json.dumps(f'http://{address}:{port}')}, {json.dumps(token)})\n")
@@ -313,7 +313,7 @@ def build(hosts: str, inventory: str | None, output: str, json_path: str | None 
 
     rows = [Row(**_masked(vars(r), mask)) for r in rows]
     if with_urls:   # the one place tokens go on the page, as `handout` shows them
-        from fleet.access import access
+        from fleet.course.access import access
 
         for row in rows:
             reach = access(session, row.host)

@@ -15,9 +15,9 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from fleet.coursework import store, wire
-from fleet.coursework.targets import Target
-from fleet.coursework.unpack import shown, unpack
+from fleet.course.coursework import store, wire
+from fleet.course.coursework.targets import Target
+from fleet.course.coursework.unpack import shown, unpack
 from fleet.engine.results import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from fleet.errors import FleetError
 from fleet.transport.base import PARALLEL, ConnectOptions, Unreachable

@@ -1,12 +1,12 @@
 """The machine a course image is made from, and how it is made ready: shared by `invoke bake`
-(an EC2 builder, fleet.aws.bake) and the test hosts' baked layers (fleet.testhosts.layers).
+(an EC2 builder, fleet.course.imaging.bake) and the test hosts' baked layers (fleet.testhosts.layers).
 
 An image carries whatever is on its source to every machine of the next class, so the source
 is a dedicated builder started from the base image, never a class machine: `refuse_source`
 refuses a machine that was ever in a handout (fleet.engine.state.record_handout) or has a
 student assigned (a `student` variable at any level of the course inventory). `make_ready`
 provisions the builder with --verify, checks that a run right after finds no drift, and runs
-the prepare script (fleet.imaging.imageprep), whose home folders are built from /etc/skel plus
+the prepare script (fleet.course.imaging.imageprep), whose home folders are built from /etc/skel plus
 the course's own content.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from fleet.engine import state
-from fleet.imaging import imageprep
+from fleet.course.imaging import imageprep
 from fleet.errors import FleetError
 from fleet.inventory.model import Inventory
 from fleet.inventory.variables import inventory_layers, merge
