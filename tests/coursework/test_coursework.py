@@ -68,6 +68,8 @@ def planted(tmp_path: Path) -> Path:
     (tmp_path / "home" / "bob" / "secret.ipynb").write_text("bob's")
     (home / "projects").mkdir()
     (home / "projects" / "p.py").write_text("print(1)\n")
+    (home / "notes.txt").write_text("a root that is one file\n")
+    (home / "linked").symlink_to("/etc")   # a root that is itself a link
     return home
 
 
@@ -76,12 +78,14 @@ def collect_params(known: dict | None = None, limit: int = 10_000_000) -> dict:
 
 
 def test_the_reader_sends_the_work_and_reports_what_it_skips(planted: Path, tmp_path: Path):
-    params = collect_params() | {"roots": [str(planted / "notebooks"), "projects"]}
-    result, payload = run_host(planted, params)
+    roots = [str(planted / "notebooks"), "projects", "notes.txt", "linked", "never-made"]
+    result, payload = run_host(planted, collect_params() | {"roots": roots})
     sent = {f["path"] for f in result["files"] if f["sent"]}
     assert sent == {"notebooks/mine.ipynb", "notebooks/course/week1/hello.ipynb", "notebooks/two\nlines.txt",
-                    os.fsdecode(b"notebooks/caf\xe9.txt"), "projects/p.py"}
+                    os.fsdecode(b"notebooks/caf\xe9.txt"), "projects/p.py", "notes.txt"}
     skipped = {s["path"]: s["why"] for s in result["skipped"]}
+    assert skipped["linked"] == "link to /etc: not followed"
+    assert "never-made" not in skipped   # a folder a student never made is no loss
     assert skipped["notebooks/shadow"] == "link to /etc/shadow: not followed"
     assert skipped["notebooks/bob"].endswith("not followed")
     assert skipped["notebooks/pipe"] == "FIFO: not collected"

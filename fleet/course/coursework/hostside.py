@@ -78,6 +78,25 @@ def walk(base_fd: int, roots: list[str]) -> tuple[list[dict], list[dict]]:
     files: list[dict] = []
     skipped: list[dict] = []
 
+    def take(name: str, dir_fd: int, path: str) -> None:
+        """One entry, never followed: a folder is walked, a file listed, anything else skipped."""
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=dir_fd)
+            except OSError as exc:
+                skipped.append({"path": path, "why": f"unreadable folder ({exc.strerror})"})
+                return
+            try:
+                visit(sub, path)
+            finally:
+                os.close(sub)
+        elif stat.S_ISREG(st.st_mode):
+            files.append({"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                          "mode": stat.S_IMODE(st.st_mode)})
+        else:
+            skipped.append({"path": path, "why": kind(st.st_mode, name, dir_fd)})
+
     def visit(dir_fd: int, rel: str) -> None:
         try:
             names = sorted(os.listdir(dir_fd))
@@ -85,27 +104,10 @@ def walk(base_fd: int, roots: list[str]) -> tuple[list[dict], list[dict]]:
             skipped.append({"path": rel, "why": f"unreadable folder ({exc.strerror})"})
             return
         for name in names:
-            path = f"{rel}/{name}"
             try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError as exc:
-                skipped.append({"path": path, "why": f"unreadable ({exc.strerror})"})
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                try:
-                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=dir_fd)
-                except OSError as exc:
-                    skipped.append({"path": path, "why": f"unreadable folder ({exc.strerror})"})
-                    continue
-                try:
-                    visit(sub, path)
-                finally:
-                    os.close(sub)
-            elif stat.S_ISREG(st.st_mode):
-                files.append({"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                              "mode": stat.S_IMODE(st.st_mode)})
-            else:
-                skipped.append({"path": path, "why": kind(st.st_mode, name, dir_fd)})
+                take(name, dir_fd, f"{rel}/{name}")
+            except OSError as exc:   # stat failed: the entry went, or is not ours to read
+                skipped.append({"path": f"{rel}/{name}", "why": f"unreadable ({exc.strerror})"})
 
     for root in roots:
         # A knob's relative path is relative to the home folder.
@@ -121,20 +123,11 @@ def walk(base_fd: int, roots: list[str]) -> tuple[list[dict], list[dict]]:
                 skipped.append({"path": rel, "why": f"cannot open its folder ({exc})"})
             continue
         try:
-            st = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                fd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=parent_fd)
-                try:
-                    visit(fd, rel)
-                finally:
-                    os.close(fd)
-            elif stat.S_ISREG(st.st_mode):
-                files.append({"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                              "mode": stat.S_IMODE(st.st_mode)})
-            else:
-                skipped.append({"path": rel, "why": kind(st.st_mode, leaf, parent_fd)})
+            take(leaf, parent_fd, rel)
         except FileNotFoundError:
             pass   # a knob may name a folder a student never made
+        except OSError as exc:
+            skipped.append({"path": rel, "why": f"unreadable ({exc.strerror})"})
         finally:
             os.close(parent_fd)
     return files, skipped
