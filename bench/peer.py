@@ -24,6 +24,7 @@ import yaml
 
 from bench import run as bench
 from fleet.testhosts import hosts as testhosts
+from fleet.testhosts.offline import without_internet
 
 DEPLOY = bench.PROJECT / "bench" / "pyinfra_deploy.py"
 PEERS = ("pyinfra",)
@@ -160,16 +161,20 @@ def alternate(rounds: int, first: str = "fleet") -> list[str]:
     return order
 
 
-def compare(n: int, command: list[str], url: str, workdir: Path, noops: int = 5, fleet_first: bool = True) -> dict:
-    """Cold and no-op runs of both tools on n hosts each (2n booted at once, torn down after)."""
+def compare(n: int, command: list[str], url: str, workdir: Path, noops: int = 5, fleet_first: bool = True,
+            offline: bool = False) -> dict:
+    """Cold and no-op runs of both tools on n hosts each (2n booted at once, torn down after).
+    With `offline`, n more hosts with no route to the internet get a cold Fleet run of their own,
+    from a controller that starts with an empty cache as the first one did."""
     from fleet.transport import keeper
 
     state = workdir / f"state-peer-{n}"
     state.mkdir()
     fleet_inventory, peer_inventory = state / "bench.yml", state / "pyinfra_inventory.py"
-    hosts = testhosts.boot(2 * n)
+    hosts = testhosts.boot(3 * n if offline else 2 * n)
+    cut_state = workdir / f"state-offline-{n}"
     try:
-        mine, theirs = hosts[:n], hosts[n:]
+        mine, theirs, cut = hosts[:n], hosts[n:2 * n], hosts[2 * n:]
         bench.write_inventory(mine, fleet_inventory, url)
         write_inventory(theirs, peer_inventory, workload(url), state / "known_hosts")
         settled = [bench.wait_until_quiet(limit_s=SETTLE_S)]
@@ -179,6 +184,9 @@ def compare(n: int, command: list[str], url: str, workdir: Path, noops: int = 5,
             if not (fleet_ok if tool == "fleet" else pyinfra_ok)(run, changed=True):
                 raise SystemExit(f"cold run of {tool} on {n} hosts failed:\n{run['output'][-3000:]}")
             cold[tool] = run
+            settled.append(bench.wait_until_quiet(limit_s=SETTLE_S))
+        if cut:
+            cold["offline"] = offline_cold(cut, cut_state, url)
             settled.append(bench.wait_until_quiet(limit_s=SETTLE_S))
         runs: dict[str, list[dict]] = {"fleet": [], "pyinfra": []}
         for tool in alternate(noops, "fleet" if fleet_first else "pyinfra"):
@@ -197,10 +205,33 @@ def compare(n: int, command: list[str], url: str, workdir: Path, noops: int = 5,
         result["fleet"]["cold_slowest_host_steps"] = bench.slowest_steps(fleet_slowest)
         result["cold_ratio"] = ratio(result["fleet"]["cold_s"], result["pyinfra"]["cold_s"])
         result["noop_ratio"] = ratio(result["fleet"]["noop_median_s"], result["pyinfra"]["noop_median_s"])
+        if "offline" in cold:
+            result["fleet_offline"] = {"cold_s": round(cold["offline"]["wall"], 1),
+                                       "cold_cpu_s": round(cold["offline"]["cpu"], 1)}
+            result["offline_vs_online"] = ratio(result["fleet_offline"]["cold_s"], result["fleet"]["cold_s"])
         return result
     finally:
         keeper.stop(state)
+        if offline:
+            keeper.stop(cut_state)
         testhosts.teardown(hosts)
+
+
+def offline_cold(hosts: list, state: Path, url: str) -> dict:
+    """Fleet's cold run on hosts that reach only the controller (the course repository is served by
+    the controller too): the wheels and .debs come over SSH. Refused if a host can still get out."""
+    state.mkdir()
+    inventory = state / "bench.yml"
+    bench.write_inventory(hosts, inventory, url)
+    with without_internet(hosts):
+        probe = hosts[0].run("python3 -c \"import urllib.request as u; u.urlopen('https://pypi.org/simple/', timeout=5)\"",
+                             check=False)
+        if probe.returncode == 0:
+            raise SystemExit("offline bench: a host still reaches the internet; the cut did not take")
+        run = bench.provision(state, inventory)
+    if not fleet_ok(run, changed=True):
+        raise SystemExit(f"offline cold run of Fleet on {len(hosts)} hosts failed:\n{run['output'][-3000:]}")
+    return run
 
 
 COLUMNS = ("hosts", "Fleet cold s", "pyinfra cold s", "cold Fleet/pyinfra", "Fleet no-op s", "pyinfra no-op s",
@@ -212,8 +243,11 @@ def rows(results: list[dict]) -> list[list[str]]:
     out = []
     for r in results:
         f, p = r["fleet"], r["pyinfra"]
-        out.append([str(r["hosts"]), f"{f['cold_s']}", f"{p['cold_s']}", f"{r['cold_ratio']}",
-                    f"{f['noop_median_s']}", f"{p['noop_median_s']}", f"{r['noop_ratio']}"])
+        row = [str(r["hosts"]), f"{f['cold_s']}", f"{p['cold_s']}", f"{r['cold_ratio']}",
+               f"{f['noop_median_s']}", f"{p['noop_median_s']}", f"{r['noop_ratio']}"]
+        if "fleet_offline" in r:
+            row.append(f"{r['fleet_offline']['cold_s']} ({r['offline_vs_online']} of online)")
+        out.append(row)
     return out
 
 
@@ -222,7 +256,8 @@ def pyinfra_version(command: list[str]) -> str:
     return (proc.stdout or proc.stderr).strip()
 
 
-def main(counts: list[int], json_path: str, peer: str, peer_bin: str | None = None, noops: int = 5) -> int:
+def main(counts: list[int], json_path: str, peer: str, peer_bin: str | None = None, noops: int = 5,
+         offline: bool = False) -> int:
     import tempfile
 
     from rich.table import Table
@@ -248,14 +283,17 @@ def main(counts: list[int], json_path: str, peer: str, peer_bin: str | None = No
             for index, n in enumerate(counts):
                 bench.console.print(f"[bold]{n} hosts[/]: Fleet and {version} cold on {n} fresh hosts each, "
                                     f"then {noops} alternated no-op runs each")
-                results.append(compare(n, command, url, workdir, noops=noops, fleet_first=index % 2 == 0))
+                if offline:
+                    bench.console.print(f"  and Fleet cold on {n} more hosts that reach only the controller")
+                results.append(compare(n, command, url, workdir, noops=noops, fleet_first=index % 2 == 0,
+                                       offline=offline))
                 bench.console.print(results[-1])
                 write_json(json_path, version, noops, results)   # after each count: a later one may not finish
         finally:
             git.terminate()
     table = Table(title=f"Jupyter Fleet and {version}, same workload and host count "
                         f"(no-op: median of {noops} alternated runs)")
-    for column in COLUMNS:
+    for column in COLUMNS + (("Fleet cold, hosts offline",) if offline else ()):
         table.add_column(column, justify="right")
     for row in rows(results):
         table.add_row(*row)

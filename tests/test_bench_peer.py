@@ -159,3 +159,11 @@ def test_table_rows_with_ratios():
     assert peer.rows([result]) == [["5", "81.3", "82.4", "0.99", "1.03", "4.0", "0.26"]]
     assert len(peer.COLUMNS) == len(peer.rows([result])[0])
     assert peer.ratio(1.0, 0) is None
+
+
+def test_the_offline_cold_run_gets_a_column_of_its_own():
+    result = {"hosts": 5, "fleet": {"cold_s": 80.0, "noop_median_s": 1.0}, "pyinfra": {"cold_s": 100.0, "noop_median_s": 8.0},
+              "cold_ratio": 0.8, "noop_ratio": 0.12, "fleet_offline": {"cold_s": 84.0},
+              "offline_vs_online": peer.ratio(84.0, 80.0)}
+    assert peer.rows([result])[0][-1] == "84.0 (1.05 of online)"
+    assert len(peer.rows([result])[0]) == len(peer.COLUMNS) + 1

@@ -4,8 +4,6 @@ wheels come from the controller (package_source: controller, the default): a hos
 to the internet installs the lock all the same; with `package_source: index` each host downloads."""
 from __future__ import annotations
 
-import subprocess
-from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -13,6 +11,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from fleet.engine import pylock
 from fleet.testhosts import hosts as testhosts
+from fleet.testhosts.offline import without_internet
 from tests.fixtures import fleet, sh
 
 pytestmark = pytest.mark.hosts
@@ -45,17 +44,6 @@ def sent_wheels(host) -> dict[str, str]:
     """Canonical name -> version of the wheels the controller sent the host."""
     out = sh(host, "ls -1 /var/lib/jupyter-fleet/wheels 2>/dev/null; true").stdout.split()
     return {canonicalize_name(parse_wheel_filename(f)[0]): str(parse_wheel_filename(f)[1]) for f in out}
-
-
-@contextmanager
-def without_internet(host):
-    """The host keeps its link to the controller (SSH) but nothing is forwarded beyond it."""
-    rule = ["FORWARD", "-i", host.veth, "!", "-o", "vh-+", "-j", "REJECT"]
-    subprocess.run(["iptables", "-I", *rule], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["iptables", "-D", *rule], check=True)
 
 
 def test_every_host_installs_exactly_the_lock(locked):
@@ -120,7 +108,7 @@ def test_a_host_without_internet_installs_the_lock_from_the_controller(locked):
     hosts, state, inventory = locked
     lock = pylock.load(state / "course.lock.yml")["/opt/locked"]
     offline = hosts[2]
-    with without_internet(offline):
+    with without_internet([offline]):
         # The host's own installers, asked for a package, cannot reach the index or the mirror now.
         tried = sh(offline, "env UV_NO_CONFIG=1 UV_NATIVE_TLS=1 /var/lib/jupyter-fleet/uv/bin/uv pip install "
                             "--no-cache --dry-run --python /opt/locked/bin/python six 2>&1", check=False)
