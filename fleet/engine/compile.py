@@ -15,7 +15,7 @@ from fleet.engine.roles import PROJECT, HostPlan, RoleContext, RoleSet, Template
 from fleet.engine.secrets import CourseSecrets, Masker
 from fleet.engine.pylock import LockedVenv
 from fleet.engine.steps import Apt, Handler, Pip, Step, Verify
-from fleet.engine.steps.packages import UV_VENV
+from fleet.engine.steps.packages import UV_VENV, UvInstall
 from fleet.errors import InputError, InputErrors
 from fleet.inventory.model import Host, Inventory
 from fleet.inventory.variables import HostVars, Var, inventory_layers, merge, render
@@ -193,7 +193,8 @@ def _role_steps(name: str, host: Host, values: HostVars, roles: list[str], all_r
 
 def _installer(plan: HostPlan, values: HostVars) -> None:
     """Every Pip step installs with the course's python_installer; with uv, a step that puts uv in
-    its own venv (with pip, the one bootstrap) comes before the host's first Pip step."""
+    place (UvInstall: from its locked wheel, or with pip into a venv of its own) comes before the
+    host's first Pip step."""
     pips = [i for i, (_, step) in enumerate(plan.steps) if isinstance(step, Pip)]
     for _, step in plan.steps:
         if isinstance(step, (Pip, Apt)):
@@ -205,7 +206,7 @@ def _installer(plan: HostPlan, values: HostVars) -> None:
         if isinstance(pip, Pip):   # it is: pips holds Pip steps only (this tells the type checker)
             pip.installer = "uv"
     role = plan.steps[pips[0]][0]
-    plan.steps.insert(pips[0], (role, Pip(UV_VENV, [f"uv=={values.uv_version}"], source=values.package_source)))
+    plan.steps.insert(pips[0], (role, UvInstall(UV_VENV, [f"uv=={values.uv_version}"], source=values.package_source)))
 
 
 def wanted_packages(steps: Iterable[Step]) -> dict[str, list[str]]:

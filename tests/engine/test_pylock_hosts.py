@@ -40,6 +40,11 @@ def messages(run, hosts) -> dict[str, str]:
     return {h.name: next(s["message"] for s in run.report["hosts"][h.name]["steps"] if s["name"].startswith(STEP) and s["name"].endswith(" in /opt/locked")) for h in hosts}
 
 
+def uv_messages(run, hosts) -> dict[str, str]:
+    return {h.name: next(s["message"] for s in run.report["hosts"][h.name]["steps"]
+                         if s["name"].startswith("pip uv==")) for h in hosts}
+
+
 def sent_wheels(host) -> dict[str, str]:
     """Canonical name -> version of the wheels the controller sent the host."""
     out = sh(host, "ls -1 /var/lib/jupyter-fleet/wheels 2>/dev/null; true").stdout.split()
@@ -62,9 +67,15 @@ def test_every_host_installs_exactly_the_lock(locked):
         f" (lock {lock.fingerprint})"}
     installed = [freeze(h) for h in hosts]
     assert installed[0] == installed[1] == installed[2] == lock.pins()
+    # uv itself came out of its sent wheel: the binary alone, no venv and no pip run for it.
+    assert set(uv_messages(first, hosts).values()) == {
+        f"put in place uv {uv.pins()['uv']} from its locked wheel (lock {uv.fingerprint})"}
+    assert all(sh(h, "/var/lib/jupyter-fleet/uv/bin/uv --version; test ! -e /var/lib/jupyter-fleet/uv/bin/python"
+                  ).stdout.split() == ["uv", uv.pins()["uv"]] for h in hosts)
     again = fleet("provision", state=state, inventory=inventory, roles_path=True)
     assert again.rc == 0 and set(messages(again, hosts).values()) == {
         f"/opt/locked matches the course lock {lock.fingerprint} ({len(lock.pins())} packages)"}
+    assert set(uv_messages(again, hosts).values()) == {f"uv {uv.pins()['uv']} in place (/var/lib/jupyter-fleet/uv/bin/uv)"}
 
 
 def test_a_changed_lock_repairs_exactly_the_packages_that_changed(locked):
@@ -131,9 +142,11 @@ def test_with_package_source_index_each_host_downloads_the_lock(locked):
     hosts, state, inventory = locked
     lock = pylock.load(state / "course.lock.yml")["/opt/locked"]
     host = hosts[1]
-    sh(host, "rm -rf /opt/locked /var/lib/jupyter-fleet/wheels")
+    sh(host, "rm -rf /opt/locked /var/lib/jupyter-fleet/wheels /var/lib/jupyter-fleet/uv")
     run = fleet("provision", "--hosts", host.name, "--set", "package_source=index", state=state,
                 inventory=inventory, roles_path=True)
     assert run.rc == 0, run.output
     assert freeze(host) == lock.pins()
+    # uv from the index comes the way any package does: pip, into a venv of its own, hash-checked.
+    assert uv_messages(run, [host])[host.name].startswith("create venv, install 1 locked package (uv ")
     assert sent_wheels(host) == {}, "nothing is sent when each host downloads"

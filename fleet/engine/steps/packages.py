@@ -2,6 +2,7 @@
 facts they read (dpkg's database, the venv's dist-info folders, the apt cache's age)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from fleet.engine import hostscripts
 from fleet.engine.facts import Fact
 from fleet.engine.pylock import LockedVenv
 from fleet.engine.steps.base import STATE_DIR, Deb, Outcome, Step, check_path
@@ -18,8 +20,8 @@ from fleet.shell import q
 
 # Installed by `python3 -m venv` itself, never pinned by a course lock.
 SEEDED = frozenset({"pip", "setuptools", "wheel"})
-# uv, the installer: a venv of its own on each host, put there by pip (fleet.engine.compile adds
-# that step before a host's first Pip step when the course's `python_installer` is uv).
+# uv, the installer: a folder of its own on each host (fleet.engine.compile adds that step, UvInstall,
+# before a host's first Pip step when the course's `python_installer` is uv).
 UV_VENV = f"{STATE_DIR}/uv"
 UV = f"{UV_VENV}/bin/uv"
 # uv reads no config a user could plant, uses the system's CA bundle as pip does, and writes
@@ -219,6 +221,44 @@ class Pip(Step):
         if self.installer == "uv":
             return f"{UV_ENV} {UV} pip uninstall -q --python {q(self.venv + '/bin/python')}"
         return f"{q(self.venv + '/bin/pip')} uninstall -y -q"
+
+
+@dataclass
+class UvInstall(Pip):
+    """uv itself, the one bootstrap. With the course lock and wheels from the controller, its binary
+    is taken out of the locked, hash-checked wheel the controller sends (hostscripts/uv_from_wheel.py):
+    no venv, no pip, a second or so. Otherwise pip installs it into a venv of its own, as any package."""
+
+    def facts(self, diff: bool = False) -> list[Fact]:
+        return [*super().facts(diff), uv_version_fact()]
+
+    def wanted(self) -> str:
+        if self.lock is not None:
+            return self.lock.pins()["uv"]
+        return next(iter(Requirement(self.packages[0]).specifier)).version   # compile writes uv==VERSION
+
+    def plan(self, facts: dict[str, Any]) -> Outcome:
+        have, want = facts[uv_version_fact().key], self.wanted()
+        if have == want:
+            return Outcome(False, f"uv {want} in place ({UV})")
+        if self.lock is None or self.source != "controller":
+            return super().plan(facts)
+        allowed = " ".join(q(h) for h in re.findall(r"--hash=sha256:([0-9a-f]{64})", self.lock.blocks(["uv"])))
+        script = hostscripts.load("uv_from_wheel.py")
+        end = "__FLEET_UV__"
+        command = (f"{q(self.python)} - {q(HOST_DIR)} {q(want)} {q(UV)} {allowed} <<'{end}'\n{script}{end}\n"
+                   f"[ \"$({UV} --version)\" = {q(f'uv {want}')} ]")
+        verb = f"replace uv {have} with" if have else "put in place"
+        return Outcome(True, f"{verb} uv {want} from its locked wheel (lock {self.lock.fingerprint})", [command],
+                       wheels=(self.lock, ("uv",)))
+
+
+def uv_version_fact() -> Fact:
+    """The version uv's binary reports, or None (absent, or not a uv that runs)."""
+    def parse(text: str) -> str | None:
+        words = text.split()
+        return words[1] if len(words) >= 2 and words[0] == "uv" else None
+    return Fact("uv-version", f"[ -x {UV} ] && {UV} --version 2>/dev/null; true", parse)
 
 
 def _same_version(have: str | None, want: str) -> bool:
