@@ -24,7 +24,7 @@ CASES = [
     ("controller", True, "0.13.9", None, False, f"uv 0.13.9 in place ({UV})", [], False),
     ("controller", True, None, None, True, "put in place uv 0.13.9 from its locked wheel",
      ["python3 - /var/lib/jupyter-fleet/wheels 0.13.9 /var/lib/jupyter-fleet/uv/bin/uv " + " ".join(HASHES),
-      "os.replace(temporary, target)", '[ "$(/var/lib/jupyter-fleet/uv/bin/uv --version)" = \'uv 0.13.9\' ]'], True),
+      "os.replace(temporary, target)", '[ "$(/var/lib/jupyter-fleet/uv/bin/uv --version | cut -d\' \' -f1,2)" = \'uv 0.13.9\' ]'], True),
     ("controller", True, "0.12.0", {"uv": "0.12.0"}, True, "replace uv 0.12.0 with uv 0.13.9 from its locked wheel",
      ["zipfile"], True),
     ("index", True, None, None, True, "create venv, install 1 locked package (uv 0.13.9)",

@@ -247,7 +247,8 @@ class UvInstall(Pip):
         script = hostscripts.load("uv_from_wheel.py")
         end = "__FLEET_UV__"
         command = (f"{q(self.python)} - {q(HOST_DIR)} {q(want)} {q(UV)} {allowed} <<'{end}'\n{script}{end}\n"
-                   f"[ \"$({UV} --version)\" = {q(f'uv {want}')} ]")
+                   f"[ \"$({UV} --version | cut -d' ' -f1,2)\" = {q(f'uv {want}')} ] || "
+                   f"{{ echo {q(f'{UV} does not answer uv {want}')} >&2; false; }}")
         verb = f"replace uv {have} with" if have else "put in place"
         return Outcome(True, f"{verb} uv {want} from its locked wheel (lock {self.lock.fingerprint})", [command],
                        wheels=(self.lock, ("uv",)))
