@@ -178,3 +178,14 @@ def test_listing_imports_no_command_work():
 def test_cli_imports_neither_bench_nor_the_test_hosts():
     text = (PROJECT / "fleet" / "cli.py").read_text()
     assert not re.search(r"^\s*(from|import) (bench|fleet\.testhosts)", text, re.M)
+
+
+def test_speculation_skips_the_real_flags_of_the_commands_it_speculates_for():
+    # fleet.engine may not import the faces, so its copy of the flags is held to the description here.
+    from fleet.engine.speculation import COMMANDS, NOT_SPECULATED
+
+    for name in COMMANDS:
+        names = {a.name: a.names for a in commands.task(ALL[name]).get_arguments()}
+        long_short = {names["insecure_host_keys"]} | ({names["sudo_password"]} if "sudo_password" in names else set())
+        shown = {f"--{long}" for long, _ in long_short} | {f"-{short}" for _, short in long_short}
+        assert shown <= NOT_SPECULATED, name
