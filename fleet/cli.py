@@ -1,4 +1,5 @@
-"""Command implementations behind tasks.py: print for people, exit with the right code."""
+"""The local commands' printing and exit codes (their options are described in fleet/commands/local.py;
+demo and bench have faces of their own: fleet/testhosts/commands.py, bench/command.py)."""
 from __future__ import annotations
 
 import functools
@@ -186,13 +187,6 @@ def report(hosts: str, inventory: str | None, output: str, json_path: str | None
 
 
 @user_errors
-def demo(count: int, keep: bool) -> None:
-    from fleet.testhosts.demo import run_demo
-
-    raise Exit(code=run_demo(count, keep))
-
-
-@user_errors
 def disconnect() -> None:
     from fleet.engine.state import state_dir
     from fleet.transport.keeper import disconnect as retire
@@ -206,23 +200,6 @@ def disconnect() -> None:
     if in_use:
         message += f"; {in_use} in use by a running command close when its script is done"
     console.print(message)
-
-
-@user_errors
-def demo_down(collect_first: bool = False, discard: bool = False) -> None:
-    from fleet.engine.state import state_dir
-    from fleet.testhosts.demo import LOCAL_INVENTORY, stop_demo
-    from fleet.transport.keeper import stop
-
-    if LOCAL_INVENTORY.exists():   # the demo's hosts' disks go: their students' work first
-        from fleet.course.coursework.commands import before_teardown
-
-        session = app.Session.open(str(LOCAL_INVENTORY))
-        if not before_teardown(session, list(session.inventory.hosts), "demo-down", collect_first=collect_first,
-                               discard=discard, insecure_host_keys=True, out=console):
-            raise Exit(code=EXIT_INPUT)
-    stop(state_dir())  # its connections led to the demo's hosts
-    stop_demo()
 
 
 @user_errors
@@ -240,14 +217,3 @@ def restore(student: str, host: str | None, from_: str | None, inventory: str | 
     from fleet.course.coursework.commands import restore_work
 
     restore_work(student, host, from_, inventory, to, overwrite, insecure_host_keys, console)
-
-
-def bench(counts: list[int], json_path: str, baked_only: bool = False, peer: str | None = None,
-          peer_bin: str | None = None) -> None:
-    if peer:   # the side-by-side run with another tool (bench/peer.py); pyinfra is imported only there
-        from bench.peer import main as compare
-
-        raise Exit(code=compare(counts, json_path, peer, peer_bin))
-    from bench.run import main
-
-    raise Exit(code=main(counts, json_path, baked_only))

@@ -93,6 +93,24 @@ def main(root: Path = ROOT) -> int:
     return 0
 
 
+def lint_command() -> int:
+    """`invoke lint` (described in fleet/commands/local.py)."""
+    return main()
+
+
+def test_command(c, k: str | None, unit: bool, lint: bool) -> int:
+    """`invoke test`: the static checks, then pytest through invoke's Context; returns pytest's exit code."""
+    from invoke import Exit
+
+    if lint and main():
+        raise Exit("invoke test: the static checks found something (above); fix it, or see `invoke lint`", 1)
+    args = ["-m", "not hosts"] if unit else []
+    if k:
+        args += ["-k", k]
+    result = c.run("python3 -m pytest -q " + " ".join(f"'{a}'" for a in args), pty=False, warn=True)
+    return result.exited
+
+
 def _run(name: str, argv: list[str], root: Path, failed: list[str]) -> None:
     if name == "shellcheck" and shutil.which("shellcheck") is None:
         print("lint: shellcheck is not installed (Debian/Ubuntu: apt-get install shellcheck; "

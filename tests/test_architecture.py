@@ -141,12 +141,12 @@ LAYERS = [
     ("roles", ("roles",)),                                                  # what a course installs
     ("library", ("fleet.app", "fleet.aws")),                                # one run; the cloud's API
     ("course", ("fleet.course",)),                                          # report, access, images, work
-    ("faces", ("fleet.cli", "fleet.commands", "fleet.aws.tasks", "fleet.testhosts", "fleet.lint", "bench")),
+    ("faces", ("fleet.cli", "fleet.cli_cloud", "fleet.commands", "fleet.testhosts", "fleet.lint", "bench")),
 ]
 
 
 def layer_of(name: str) -> int | None:
-    """The highest layer whose prefix names the module (fleet.aws.tasks is a face, fleet.aws below)."""
+    """The highest layer whose prefix names the module (a face nested in a lower package stays a face)."""
     found = None
     for rank, (_, prefixes) in enumerate(LAYERS):
         if any(name == p or name.startswith(p + ".") for p in prefixes):
@@ -172,8 +172,9 @@ UPWARD_CASES = [  # each the shape of an import the tree once had, or could grow
     ({"fleet.aws.bake": {"fleet.course.imaging.builder"}},   # bake lived in the cloud layer
      ["fleet.aws.bake -> fleet.course.imaging.builder (library -> course)"]),
     ({"fleet.course.access": {"fleet.cli"}}, ["fleet.course.access -> fleet.cli (course -> faces)"]),
-    ({"fleet.app": {"fleet.aws.tasks"}}, ["fleet.app -> fleet.aws.tasks (library -> faces)"]),
-    ({"fleet.cli": {"roles.jupyter", "fleet.course.access"}, "fleet.aws.tasks": {"fleet.aws.cloud"},
+    ({"fleet.app": {"fleet.commands.local"}}, ["fleet.app -> fleet.commands.local (library -> faces)"]),
+    ({"fleet.aws.instances": {"fleet.cli_cloud"}}, ["fleet.aws.instances -> fleet.cli_cloud (library -> faces)"]),
+    ({"fleet.cli": {"roles.jupyter", "fleet.course.access"}, "fleet.cli_cloud": {"fleet.aws.cloud"},
       "fleet.transport.t": {"fleet.errors"}, "fleet.engineering": {"roles"}}, []),
 ]
 

@@ -19,6 +19,8 @@ from botocore.config import Config
 from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError,
                                  PartialCredentialsError, ProfileNotFound, WaiterError)
 
+from fleet.aws import DEFAULT_KEY_DIR
+
 PREFIX = "jupyter-fleet"
 MANAGED_TAG = f"{PREFIX}:managed"
 COURSE_TAG = f"{PREFIX}:course"
@@ -40,7 +42,6 @@ DLAMI_NAME_PATTERNS = (
 )
 
 ACTIVE_STATES = ("pending", "running", "stopping", "stopped")
-DEFAULT_KEY_DIR = Path(".fleet/keys")
 PRICES_FILE = Path(__file__).with_name("prices.yml")
 
 # Instance families with GPUs that don't follow the g<digit>/p<digit> naming.

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 import yaml
 from botocore.exceptions import ClientError
 
+from fleet.aws import DEFAULT_INSTANCE_TYPE, DEFAULT_USER
 from fleet.aws.amis import resolve_ami
 from fleet.aws.common import (ACTIVE_STATES, BUILDER_TAG, COURSE_TAG, DEFAULT_KEY_DIR, MANAGED_TAG, SLOT_TAG, CloudError, Instance,
                               LaunchResult, caller_public_ip, check_course, ec2_session, explain, explained_errors,
@@ -105,13 +106,13 @@ def launch(
     course: str,
     count: int,
     *,
-    instance_type: str = "g4dn.xlarge",
+    instance_type: str = DEFAULT_INSTANCE_TYPE,
     region: str | None = None,
     ami: str | None = None,
     cidr: str | None = None,
     key_dir: Path | str = DEFAULT_KEY_DIR,
     wait_ssh: bool = True,
-    user: str = "ubuntu",
+    user: str = DEFAULT_USER,
     ssh_timeout: float = 600.0,
     ip_lookup: Callable[[], str] = caller_public_ip,
     profile: ProfileChoice = ProfileChoice(),
@@ -184,7 +185,7 @@ def launch(
 def launch_builder(
     course: str,
     *,
-    instance_type: str = "g4dn.xlarge",
+    instance_type: str = DEFAULT_INSTANCE_TYPE,
     region: str | None = None,
     ami: str | None = None,
     cidr: str | None = None,
@@ -229,7 +230,7 @@ def terminate_builder(course: str, instance_id: str, region: str | None = None) 
 def inventory_hosts(
     course: str,
     region: str | None = None,
-    user: str = "ubuntu",
+    user: str = DEFAULT_USER,
     key_dir: Path | str = DEFAULT_KEY_DIR,
 ) -> dict[str, Any]:
     """The running instances in the fleet's native inventory shape, with gpu/cpu groups."""
@@ -256,7 +257,7 @@ def write_snapshot(
     course: str,
     path: Path | str,
     region: str | None = None,
-    user: str = "ubuntu",
+    user: str = DEFAULT_USER,
     key_dir: Path | str = DEFAULT_KEY_DIR,
 ) -> Path:
     """Write inventory_hosts() as a YAML inventory file (a frozen copy of `aws:<course>`)."""

@@ -1,4 +1,4 @@
-"""fleet.aws.cloud and fleet.aws.tasks against a moto server over real HTTP.
+"""fleet.aws.cloud and the AWS commands (fleet/cli_cloud.py) against a moto server over real HTTP.
 
 moto runs as a separate process (`python -m moto.server`); boto3 reaches it through
 the standard AWS_ENDPOINT_URL variable, exactly like it would reach AWS. Nothing in
@@ -21,11 +21,11 @@ import boto3
 import pytest
 import yaml
 from botocore.exceptions import ClientError
-from invoke import Context, Exit
+from invoke import Exit
 
 from fleet.aws import cloud
 
-from fleet.aws import tasks as tasks_cloud
+from fleet import commands
 from fleet.aws.cloud import CloudError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -274,7 +274,7 @@ def test_inventory_groups_and_snapshot(aws, tmp_path, ami):
     out = cloud.write_snapshot("ml", tmp_path / "inventory" / "ml-aws.yml", key_dir=tmp_path / "keys")
     assert yaml.safe_load(out.read_text()) == inv
 
-    tasks_cloud.snapshot(Context(), course="ml", key_dir=str(tmp_path / "keys"))
+    commands.run("snapshot", course="ml", key_dir=str(tmp_path / "keys"))
     assert yaml.safe_load((tmp_path / "inventory" / "ml-aws.yml").read_text()) == inv
 
 
@@ -300,7 +300,7 @@ def test_status_rows_and_costs(aws, tmp_path, ami, capsys):
     stopped = rows["cost-3"]
     assert stopped.state == "stopped" and stopped.hourly_usd == 0.0 and stopped.uptime is None
 
-    tasks_cloud.status(Context(), course="cost")
+    commands.run("status", course="cost")
     shown = capsys.readouterr().out
     assert "cost-1" in shown and "unknown" in shown and prices.date in shown and "total" in shown
 
@@ -359,11 +359,9 @@ def test_terminate_touches_only_this_courses_managed_instances(aws, tmp_path, am
 
 
 def _run_task(args: list[str], env: dict, answer: str | None = None) -> subprocess.CompletedProcess:
-    """Run the tasks through invoke's real CLI parser; stdin empty unless `answer` is given."""
-    code = ("from invoke import Collection, Program; from fleet.aws import tasks as tasks_cloud; "
-            "Program(namespace=Collection.from_module(tasks_cloud), name='invoke').run()")
+    """Run the commands through invoke's real CLI and tasks.py; stdin empty unless `answer` is given."""
     stdin = {"stdin": subprocess.DEVNULL} if answer is None else {"input": answer}
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60, **stdin)
 
 
@@ -403,7 +401,7 @@ def test_tasks_cli_launch_and_terminate_confirmation(aws, tmp_path, ami):
 
 def test_task_errors_become_exit(aws, tmp_path):
     with pytest.raises(Exit) as err:
-        tasks_cloud.status(Context(), course="x", region="mars-north-1")
+        commands.run("status", course="x", region="mars-north-1")
     assert err.value.code == 1 and "unknown AWS region" in str(err.value.message)
 
 

@@ -70,28 +70,28 @@ def test_cluster_ports_open_between_members_only(aws, tmp_path, ami):  # noqa: F
 
 def test_cluster_network_task(aws, tmp_path, ami, capsys):  # noqa: F811
     import pytest
-    from invoke import Context, Exit
+    from invoke import Exit
 
-    from fleet.aws import tasks as tasks_cloud
+    from fleet import commands
 
     up("geo", 2, tmp_path, ami)
     names = [i.name for i in cloud.course_instances("geo")]
-    tasks_cloud.cluster_network(Context(), course="geo", cluster="lab", members=",".join(names))
+    commands.run("cluster-network", course="geo", cluster="lab", members=",".join(names))
     out = " ".join(capsys.readouterr().out.split())   # rich wraps long lines
     assert "opens tcp 10101-10120 between its members only" in out and f"attached: {', '.join(names)}" in out
     with pytest.raises(Exit, match="no instance of course geo named nope"):
-        tasks_cloud.cluster_network(Context(), course="geo", cluster="lab", members="nope")
+        commands.run("cluster-network", course="geo", cluster="lab", members="nope")
     with pytest.raises(Exit, match="--ports expects FIRST-LAST"):
-        tasks_cloud.cluster_network(Context(), course="geo", cluster="lab", members=names[0], ports="all")
+        commands.run("cluster-network", course="geo", cluster="lab", members=names[0], ports="all")
 
 
 def test_cluster_network_reads_the_clusters_from_the_inventory(aws, tmp_path, ami, capsys):  # noqa: F811
     """Members are the hosts of each clusters_group the real inventory file names, ports its clusters_ports."""
     import pytest
     import yaml
-    from invoke import Context, Exit
+    from invoke import Exit
 
-    from fleet.aws import tasks as tasks_cloud
+    from fleet import commands
 
     up("geo", 4, tmp_path, ami)
     instances = cloud.course_instances("geo")
@@ -105,7 +105,7 @@ def test_cluster_network_reads_the_clusters_from_the_inventory(aws, tmp_path, am
                    "solo": {"hosts": names[3:]}},
         "hosts": {n: {"address": f"198.51.100.{i}", "user": "ubuntu"} for i, n in enumerate(names, 1)},
     }, sort_keys=False))
-    tasks_cloud.cluster_network(Context(), course="geo", inventory=str(inventory))
+    commands.run("cluster-network", course="geo", inventory=str(inventory))
     out = " ".join(capsys.readouterr().out.split())
     assert f"attached: {', '.join(names[:3])}" in out and "opens tcp 12000-12019" in out, out
     lab = group(aws, "geo", "lab")["GroupId"]
@@ -116,7 +116,7 @@ def test_cluster_network_reads_the_clusters_from_the_inventory(aws, tmp_path, am
     data = yaml.safe_load(inventory.read_text())
     data["groups"]["lab"]["hosts"] = names[:2]
     inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-    tasks_cloud.cluster_network(Context(), course="geo", inventory=str(inventory), cluster="lab")
+    commands.run("cluster-network", course="geo", inventory=str(inventory), cluster="lab")
     assert f"detached: {names[2]}" in " ".join(capsys.readouterr().out.split())
     assert [n for n in names if lab in groups_of(aws, by_name[n])] == names[:2]
 
@@ -126,10 +126,10 @@ def test_cluster_network_reads_the_clusters_from_the_inventory(aws, tmp_path, am
         data["groups"]["lab"]["vars"] = broken
         inventory.write_text(yaml.safe_dump(data, sort_keys=False))
         with pytest.raises(Exit, match=fragment) as raised:
-            tasks_cloud.cluster_network(Context(), course="geo", inventory=str(inventory))
+            commands.run("cluster-network", course="geo", inventory=str(inventory))
         assert str(inventory) in str(raised.value) and "clusters_" in str(raised.value)
     assert [n for n in names if lab in groups_of(aws, by_name[n])] == names[:2]
     with pytest.raises(Exit, match="defines no cluster 'other'"):
         data["groups"]["lab"]["vars"] = {"clusters_group": "lab"}
         inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-        tasks_cloud.cluster_network(Context(), course="geo", inventory=str(inventory), cluster="other")
+        commands.run("cluster-network", course="geo", inventory=str(inventory), cluster="other")

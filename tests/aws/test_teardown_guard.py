@@ -6,10 +6,10 @@ read from a real host."""
 from __future__ import annotations
 
 import pytest
-from invoke import Context, Exit
+from invoke import Exit
 
 from fleet.aws import cloud
-from fleet.aws import tasks as tasks_cloud
+from fleet import commands
 from fleet.course.coursework import collect as collecting
 from fleet.course.coursework import guard, store
 from tests.aws.test_cloud import ami, aws, moto_url, up  # noqa: F401 (fixtures)
@@ -28,7 +28,7 @@ def course(aws, ami, tmp_path, monkeypatch):  # noqa: F811
 
 
 def terminate(**kw) -> None:
-    tasks_cloud.terminate(Context(), course=COURSE, yes=True, **kw)
+    commands.run("terminate", course=COURSE, yes=True, **kw)
 
 
 def alive() -> int:

@@ -236,7 +236,7 @@ def test_demo_down_refuses_while_work_is_uncollected(monkeypatch, tmp_path):
     fingerprint) is replaced at its function; the shutdown itself is recorded, not done."""
     from invoke import Exit
 
-    from fleet import cli
+    from fleet import commands
     from fleet.testhosts import demo
     from fleet.transport import keeper
 
@@ -250,12 +250,12 @@ def test_demo_down_refuses_while_work_is_uncollected(monkeypatch, tmp_path):
     monkeypatch.setattr(keeper, "stop", lambda state: None)
     monkeypatch.setattr(guard, "fingerprint", lambda target, options: {"fingerprint": "f", "files": 1, "bytes": 5})
     with pytest.raises(Exit) as refused:
-        cli.demo_down()
+        commands.run("demo-down")
     assert refused.value.code == 1 and stopped == []
-    cli.demo_down(discard=True)
+    commands.run("demo-down", discard_student_work=True)
     assert stopped == ["hosts"]
     store.remember("demo", "h1", {"student": "ana", "time": "T", "fingerprint": "f"})
-    cli.demo_down()
+    commands.run("demo-down")
     assert stopped == ["hosts", "hosts"]
 
 

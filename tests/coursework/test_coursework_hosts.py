@@ -150,10 +150,10 @@ def test_the_class_report_shows_student_work_and_last_collect(classroom):
 
 def test_terminate_refuses_until_the_changed_work_is_collected(classroom, moto_url, aws, ami, monkeypatch, capsys):  # noqa: F811
     """The fingerprint comes from the real host; the instance it stands for is moto's."""
-    from invoke import Context, Exit
+    from invoke import Exit
 
     from fleet.aws import cloud
-    from fleet.aws import tasks as tasks_cloud
+    from fleet import commands
 
     (alice, _, _), state, inventory, scratch = classroom
     monkeypatch.setenv("FLEET_STATE_DIR", str(state))
@@ -166,11 +166,11 @@ def test_terminate_refuses_until_the_changed_work_is_collected(classroom, moto_u
     machines.write_text(yaml.safe_dump(data))
     as_student(alice, "echo 'late work' > ~/notebooks/late.txt")
     with pytest.raises(Exit):
-        tasks_cloud.terminate(Context(), course=COURSE, yes=True, inventory=str(machines))
+        commands.run("terminate", course=COURSE, yes=True, inventory=str(machines))
     out = capsys.readouterr().out
     assert f"alice on {alice.name} (" in out and "changed since its last collect" in out
     assert len(cloud.course_instances(COURSE)) == 1
-    tasks_cloud.terminate(Context(), course=COURSE, yes=True, inventory=str(machines), collect=True,
+    commands.run("terminate", course=COURSE, yes=True, inventory=str(machines), collect=True,
                           to=str(scratch / "at-terminate"))
     assert cloud.course_instances(COURSE) == []
     collected = latest(scratch / "at-terminate" / "alice")

@@ -1,4 +1,4 @@
-"""What the commands do with student work (behind fleet/cli.py and fleet/aws/tasks.py): collect,
+"""What the commands do with student work (behind fleet/cli.py and fleet/cli_cloud.py): collect,
 restore, and the guard a teardown passes first. Each returns an exit code or a verdict and
 prints for people; bad input raises InputError before any host is touched."""
 from __future__ import annotations

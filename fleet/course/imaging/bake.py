@@ -17,7 +17,7 @@ from typing import Callable
 
 import yaml
 
-from fleet.aws import cloud, images
+from fleet.aws import DEFAULT_INSTANCE_TYPE, DEFAULT_KEY_DIR, DEFAULT_USER, cloud, images
 from fleet.course.imaging import builder as builders
 from fleet.engine import recipe, state
 from fleet.course.imaging.builder import BakeRefused
@@ -48,8 +48,8 @@ def take_builder(course: str, name: str, region: str | None, inventory=None) -> 
 
 
 def bake(course: str, builder: str | None = None, inventory: str | None = None, region: str | None = None,
-         key_dir: str | Path = cloud.DEFAULT_KEY_DIR, user: str = "ubuntu", insecure_host_keys: bool = False,
-         reboot: bool = True, instance_type: str = "g4dn.xlarge", ami: str | None = None, cidr: str | None = None,
+         key_dir: str | Path = DEFAULT_KEY_DIR, user: str = DEFAULT_USER, insecure_host_keys: bool = False,
+         reboot: bool = True, instance_type: str = DEFAULT_INSTANCE_TYPE, ami: str | None = None, cidr: str | None = None,
          wait_ssh: bool = True, make_ready: Callable[..., list[str]] = builders.make_ready) -> BakeResult:
     """Launch (or take) a builder, make it ready, image it, terminate it."""
     path = recipe.inventory_path(course, inventory)

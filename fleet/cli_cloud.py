@@ -1,60 +1,26 @@
-"""Invoke tasks for the AWS side of a course: launch, status, stop, start, terminate, snapshot,
-bake and images.
+"""The AWS commands' printing and exit codes (their options are described in fleet/commands/cloud.py; the
+work is in fleet.aws, whose face is fleet/aws/cloud.py, and in fleet.course for bake and student work).
 
-Thin wrappers over fleet.aws.cloud: they parse flags, print with rich, and turn a
-CloudError into `Exit(message, 1)` so the user sees one line instead of a traceback.
-Longer than 400 lines because every AWS command's flags and help live here, beside the rest
-of the CLI's in tasks.py; issue 23's one description of each command's options is what would
-fold them into the shared layers.
+Each turns a CloudError into `Exit(message, 1)`, so the user sees one line instead of a traceback.
+Imported only when an AWS command runs: boto3 costs ~0.15 s to import, and most commands never touch AWS.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
-from invoke import Exit, task
+from invoke import Exit
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from fleet.aws.common import Instance
-
-
-class _LazyCloud:
-    """fleet.aws.cloud on first use: boto3 costs ~0.15 s to import, and most commands never touch AWS."""
-
-    def __getattr__(self, name: str):
-        import fleet.aws.cloud
-
-        return getattr(fleet.aws.cloud, name)
-
-
-class _LazyImages:
-    """fleet.aws.images (and boto3) on first use, like `cloud`."""
-
-    def __getattr__(self, name: str):
-        import fleet.aws.images
-
-        return getattr(fleet.aws.images, name)
-
-
-cloud = _LazyCloud()
-images = _LazyImages()
-DEFAULT_KEY_DIR = ".fleet/keys"  # the same as fleet.aws.cloud.DEFAULT_KEY_DIR
+from fleet.aws import cloud, images
+from fleet.aws.common import Instance
 
 
 def _console() -> Console:
     # Made per call (not at import) so output goes to whatever stdout is current.
     return Console(highlight=False)
-
-
-def _need(course: str | None) -> str:
-    # --course has a None default (not a positional) so `invoke <task> --help` works.
-    if not course:
-        raise Exit("--course is required", 2)
-    return course
 
 
 def _money(value: float | None, digits: int = 2) -> str:
@@ -79,29 +45,9 @@ def _instances_table(title: str, instances: list[Instance]) -> Table:
     return table
 
 
-@task(
-    help={
-        "course": "course name; used in tags, the key pair and the security group name",
-        "count": "how many instances the course should have in total",
-        "instance-type": "EC2 instance type (default g4dn.xlarge: one NVIDIA T4)",
-        "region": "AWS region (default: from your AWS profile / AWS_DEFAULT_REGION)",
-        "ami": "AMI id (default: the latest AWS Deep Learning Base AMI, Ubuntu 22.04)",
-        "cidr": "address range allowed to SSH in (default: your public IP/32)",
-        "wait-ssh": "wait until port 22 answers on every instance (default: yes)",
-        "key-dir": "where the course private key lives (default .fleet/keys)",
-        "image": "ID: boot from this course image; base: the base AMI (default: the newest image "
-                 "matching the course's recipe, else the base AMI)",
-        "inventory": "the course's recipe inventory (default inventory/<course>.yml)",
-        "instance-profile": "attach this IAM instance profile (refused unless the course inventory sets "
-                            "aws_allow_instance_profile: true: students can read its credentials)",
-    }
-)
-def launch(c, course=None, count=None, instance_type="g4dn.xlarge", region=None, ami=None, cidr=None,
-           wait_ssh=True, key_dir=DEFAULT_KEY_DIR, image=None, inventory=None, instance_profile=None):
-    """Launch the missing instances of a course on EC2 (safe to re-run: never duplicates)."""
-    course = _need(course)
-    if count is None:
-        raise Exit("--count is required (the total number of instances for the course)", 2)
+def launch(course: str, count: str, instance_type: str, region: str | None, ami: str | None, cidr: str | None,
+           wait_ssh: bool, key_dir: str, image: str | None, inventory: str | None, instance_profile: str | None) -> None:
+    """`invoke launch`."""
     try:
         wanted = int(count)
     except ValueError:
@@ -131,10 +77,8 @@ def launch(c, course=None, count=None, instance_type="g4dn.xlarge", region=None,
     out.print(f"next: invoke provision --inventory aws:{course}")
 
 
-@task(help={"course": "course name", "region": "AWS region (default: from your profile)"})
-def status(c, course=None, region=None):
-    """Show the course's instances with state, uptime and estimated cost."""
-    course = _need(course)
+def status(course: str, region: str | None) -> None:
+    """`invoke status`."""
     try:
         rows = cloud.status(course, region)
     except cloud.CloudError as exc:
@@ -170,9 +114,8 @@ def status(c, course=None, region=None):
                      f"{_money(images.monthly_cost(kept))}/month (`invoke images --course {course}`)")
 
 
-def _power(action: str, doing: str, course: str | None, region: str | None, none_left: str) -> None:
+def _power(action: str, doing: str, course: str, region: str | None, none_left: str) -> None:
     """stop or start: act on the course's managed instances and say which."""
-    course = _need(course)
     try:
         acted = getattr(cloud, action)(course, region)
     except cloud.CloudError as exc:
@@ -180,40 +123,27 @@ def _power(action: str, doing: str, course: str | None, region: str | None, none
     _console().print(f"{doing} {len(acted)}: " + (", ".join(i.name for i in acted) or none_left))
 
 
-@task(help={"course": "course name", "region": "AWS region (default: from your profile)"})
-def stop(c, course=None, region=None):
-    """Stop the course's running instances (disks and data are kept; compute billing stops)."""
+def stop(course: str, region: str | None) -> None:
+    """`invoke stop`."""
     _power("stop", "stopping", course, region, "nothing running")
 
 
-@task(help={"course": "course name", "region": "AWS region (default: from your profile)"})
-def start(c, course=None, region=None):
-    """Start the course's stopped instances (public IPs change: re-snapshot afterwards)."""
+def start(course: str, region: str | None) -> None:
+    """`invoke start`."""
     _power("start", "starting", course, region, "nothing stopped")
 
 
-@task(help={"course": "course name", "region": "AWS region (default: from your profile)",
-            "yes": "do not ask for confirmation",
-            "images": "also deregister the course's images and delete their snapshots",
-            "collect": "collect the students' work first (into collected/<course>/), then terminate",
-            "discard-student-work": "terminate even though student work was not collected (it is lost)",
-            "inventory": "how the instances are reached for the work check (default aws:COURSE; hosts are "
-                         "matched by their instance_id variable, as `invoke snapshot` writes them)",
-            "insecure-host-keys": "accept any host key (throwaway hosts)",
-            "to": "with --collect: where the work goes (default collected/<course>/)"})
-def terminate(c, course=None, region=None, yes=False, images_=False, collect=False, discard_student_work=False,
-              inventory=None, insecure_host_keys=False, to=None):
-    """Destroy the course's instances and their disks (asks first unless --yes); --images: its images too.
-    Refused while a machine holds student work that changed since the last `invoke collect`."""
-    course = _need(course)
+def terminate(course: str, region: str | None, yes: bool, with_images: bool, collect: bool, discard_student_work: bool,
+              inventory: str | None, insecure_host_keys: bool, to: str | None) -> None:
+    """`invoke terminate`."""
     out = _console()
     try:
         targets = cloud.course_instances(course, region, builders=True)
-        doomed = images.course_images(course, region) if images_ else []
+        doomed = images.course_images(course, region) if with_images else []
     except cloud.CloudError as exc:
         raise Exit(f"terminate failed: {exc}", 1) from None
     if not targets and not doomed:
-        out.print(f"course {course}: no instances to terminate" + (" and no images" if images_ else ""))
+        out.print(f"course {course}: no instances to terminate" + (" and no images" if with_images else ""))
         return
     if targets:
         _work_guard(course, targets, inventory, collect, discard_student_work, insecure_host_keys, out, to)
@@ -258,12 +188,8 @@ def _work_guard(course: str, targets: list, inventory: str | None, collect: bool
         raise Exit("nothing terminated", 1)
 
 
-@task(help={"course": "course name", "out": "output file (default inventory/<course>-aws.yml)",
-            "region": "AWS region (default: from your profile)", "user": "SSH login user",
-            "key-dir": "where the course private key lives (default .fleet/keys)"})
-def snapshot(c, course=None, out=None, region=None, user="ubuntu", key_dir=DEFAULT_KEY_DIR):
-    """Write the course's running instances as a static YAML inventory file."""
-    course = _need(course)
+def snapshot(course: str, out: str | None, region: str | None, user: str, key_dir: str) -> None:
+    """`invoke snapshot`."""
     path = Path(out) if out else Path("inventory") / f"{course}-aws.yml"
     try:
         written = cloud.write_snapshot(course, path, region, user=user, key_dir=key_dir)
@@ -299,24 +225,12 @@ def _fingerprints(course: str, inventory: str | None) -> set[str] | None:
     return None if found is None else {found.fingerprint}
 
 
-@task(help={"course": "course name",
-            "builder": "take this running instance (name or id) as the builder instead of launching one; refused "
-                       "if it was ever in a handout or has a student assigned; terminated afterwards",
-            "inventory": "the course's recipe inventory (default inventory/<course>.yml)",
-            "region": "AWS region (default: from your profile)", "user": "SSH login user",
-            "key-dir": "where the course private key lives (default .fleet/keys)",
-            "instance-type": "the builder's EC2 instance type (default g4dn.xlarge; the class's type)",
-            "ami": "the base image the builder starts from (default: the latest Deep Learning Base AMI)",
-            "cidr": "address range allowed to SSH in (default: your public IP/32)",
-            "insecure-host-keys": "accept any host key and record none"})
-def bake(c, course=None, builder=None, inventory=None, region=None, user="ubuntu", key_dir=DEFAULT_KEY_DIR,
-         instance_type="g4dn.xlarge", ami=None, cidr=None, insecure_host_keys=False):
-    """Make the course's image on a fresh builder: launch it from the base image, provision and verify it,
-    prepare and image it, terminate it (never a class machine)."""
+def bake(course: str, builder: str | None, inventory: str | None, region: str | None, user: str, key_dir: str,
+         instance_type: str, ami: str | None, cidr: str | None, insecure_host_keys: bool) -> None:
+    """`invoke bake`."""
     from fleet.course.imaging import bake as baking
     from fleet.errors import FleetError, InputError
 
-    course = _need(course)
     try:
         result = baking.bake(course, builder, inventory, region, key_dir=key_dir, user=user,
                              insecure_host_keys=insecure_host_keys, instance_type=instance_type, ami=ami, cidr=cidr)
@@ -333,13 +247,8 @@ def bake(c, course=None, builder=None, inventory=None, region=None, user="ubuntu
     out.print(f"builder {result.instance.id} terminated; next: invoke launch --course {course} --count N")
 
 
-@task(name="images", help={"course": "course name",
-                           "inventory": "the course's recipe inventory (default inventory/<course>.yml)",
-            "region": "AWS region (default: from your profile)",
-            "prune": "deregister the images that do not match the current recipe and delete their snapshots"})
-def images_(c, course=None, inventory=None, region=None, prune=False):
-    """The course's images: id, date, recipe fingerprint, matches the current recipe, size, monthly cost."""
-    course = _need(course)
+def list_images(course: str, inventory: str | None, region: str | None, prune: bool) -> None:
+    """`invoke images`."""
     wanted = _fingerprints(course, inventory)
     out = _console()
     try:
@@ -370,20 +279,13 @@ def images_(c, course=None, inventory=None, region=None, prune=False):
     out.print(table)
 
 
-@task(name="cluster_network", help={
-    "course": "course name",
-    "inventory": "the course's inventory, whose clusters_group names each cluster's group (default inventory/<course>.yml)",
-    "cluster": "only this cluster (its group's name); default: every cluster the inventory defines",
-    "members": "override: these instances by name, comma separated, instead of the group's hosts (needs --cluster)",
-    "ports": "override: the port range FIRST-LAST instead of the inventory's clusters_ports",
-    "region": "AWS region (default: from your profile)"})
-def cluster_network(c, course=None, inventory=None, cluster=None, members=None, ports=None, region=None):
-    """Open each cluster's pinned ports between its member instances only (a security group of its own)."""
+def cluster_network(course: str, inventory: str | None, cluster: str | None, members: str | None, ports: str | None,
+                    region: str | None) -> None:
+    """`invoke cluster-network`."""
     from fleet.aws.clusters import inventory_clusters, open_cluster
     from fleet.engine import recipe
     from fleet.errors import InputError
 
-    course = _need(course)
     try:
         override = _port_range(ports) if ports else None
         if members:
