@@ -93,7 +93,9 @@ COMMANDS = (
         Option("baked_only", "only the cold run from a baked image (skips the bare runs, the long part)", False, "bool"),
         Option("peer", "instead, Fleet side by side with this tool on the same workload: pyinfra (the `bench` extra)",
                ""),
-        Option("peer_bin", "the peer's command, when it lives in another venv (e.g. /opt/pyinfra/bin/pyinfra)", ""))),
+        Option("peer_bin", "the peer's command, when it lives in another venv (e.g. /opt/pyinfra/bin/pyinfra)", ""),
+        Option("offline", "with --peer: also Fleet cold on N more hosts that reach only the controller", False,
+               "bool"))),
     Command("collect", "Collect each student's work (Jupyter folder and collect_paths) into "
                        "collected/<course>/<student>/.", "fleet.cli:collect", (
         HOSTS, INVENTORY,
