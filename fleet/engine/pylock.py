@@ -28,6 +28,7 @@ SUFFIX = ".lock.yml"
 PYTHON = "3.11"                        # Debian 12's python3; `invoke lock --python` for others
 PLATFORM = "x86_64-manylinux_2_28"     # what uv resolves wheels for
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+_SHA256 = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 SCHEMA = {
     "type": "object", "additionalProperties": False, "required": ["python", "platform", "venvs"],
     "properties": {
@@ -74,6 +75,10 @@ class LockedVenv:
             if keep:
                 out.append(line)
         return "\n".join(out) + "\n"
+
+    def hashes(self, name: str) -> list[str]:
+        """The sha256 digests the lock allows for one package's files (one per wheel it was locked with)."""
+        return _SHA256.findall(self.blocks([canonicalize_name(name)]))
 
 
 def path_for(inventory_source: str, project: Path) -> Path:

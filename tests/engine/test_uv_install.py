@@ -49,6 +49,11 @@ def test_uv_is_put_in_place_the_cheapest_way_the_course_allows(source, locked, r
     assert outcome.wheels == ((LOCK, ("uv",)) if sent else None)
 
 
+def test_the_lock_names_the_digests_it_allows_for_a_package():
+    assert LOCK.hashes("UV") == list(HASHES)
+    assert LOCK.hashes("six") == []
+
+
 def test_the_version_fact_reads_only_a_uv_that_answers():
     parse = uv_version_fact().parse
     assert parse("uv 0.13.9 (x86_64-unknown-linux-gnu)\n") == "0.13.9"

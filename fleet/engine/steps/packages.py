@@ -2,7 +2,6 @@
 facts they read (dpkg's database, the venv's dist-info folders, the apt cache's age)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,7 +242,7 @@ class UvInstall(Pip):
             return Outcome(False, f"uv {want} in place ({UV})")
         if self.lock is None or self.source != "controller":
             return super().plan(facts)
-        allowed = " ".join(q(h) for h in re.findall(r"--hash=sha256:([0-9a-f]{64})", self.lock.blocks(["uv"])))
+        allowed = " ".join(map(q, self.lock.hashes("uv")))
         script = hostscripts.load("uv_from_wheel.py")
         end = "__FLEET_UV__"
         command = (f"{q(self.python)} - {q(HOST_DIR)} {q(want)} {q(UV)} {allowed} <<'{end}'\n{script}{end}\n"
