@@ -12,7 +12,7 @@ from typing import Iterator
 import requests
 import websocket
 
-from tests.fixtures import free_port, wait_port
+from tests.fixtures import free_port, stop, wait_port
 
 
 @contextmanager
@@ -34,8 +34,7 @@ def forwarding(argv: list[str], local: int) -> Iterator[None]:
         wait_port("127.0.0.1", local)
         yield
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 class Jupyter:

@@ -19,7 +19,7 @@ import yaml
 
 from fleet.engine.remote import USER_READ_S
 from fleet.testhosts import hosts as testhosts
-from tests.fixtures import fleet, free_port, git_server, sh, wait_port  # noqa: F401 (fixture)
+from tests.fixtures import fleet, free_port, git_server, sh, stop, wait_port  # noqa: F401 (fixture)
 from tests.jupyter_ws import Jupyter, forwarding
 
 pytestmark = pytest.mark.hosts
@@ -139,8 +139,7 @@ def _forward(key: str, address: str, spec: str) -> bytes:
             except (ConnectionResetError, socket.timeout):
                 return b""
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 def test_alices_key_tunnels_to_her_jupyter_and_to_nothing_else(course):
@@ -158,8 +157,7 @@ def test_alices_key_tunnels_to_her_jupyter_and_to_nothing_else(course):
             conn.sendall(b"GET /api HTTP/1.0\r\n\r\n")
             assert conn.recv(100).startswith(b"HTTP/1.1 200")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
     # A remote forward (her machine reaching back into the network through her) is refused too.
     back = ssh(["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-i", key, "-R", "2222:localhost:22",
                 f"student@{a.address}"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fleet.testhosts import hosts as testhosts
-from tests.fixtures import changed_steps, fleet, sh
+from tests.fixtures import changed_steps, fleet, sh, stop
 
 pytestmark = pytest.mark.hosts
 
@@ -200,8 +200,7 @@ def test_idle_machine_powers_off_unless_someone_is_logged_in(lab):
         assert decision["idle"] is False and "ssh session" in decision["reason"], decision["reason"]
         assert not _marker(host)
     finally:
-        login.terminate()
-        login.wait(10)
+        stop(login)
     _wait_for(lambda: sh(host, "who").stdout.strip() == "", "the login to leave who")
 
     # Nobody logged in, the kernel idle for over a minute: the machine would power off.

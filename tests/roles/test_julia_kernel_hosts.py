@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from fleet.testhosts import hosts as testhosts
-from tests.fixtures import changed_steps, fleet, free_port, sh, wait_port
+from tests.fixtures import changed_steps, fleet, free_port, sh, stop, wait_port
 from tests.skips import require
 
 pytestmark = pytest.mark.hosts
@@ -114,8 +114,7 @@ class Mirror:
         return len(re.findall(rf'"GET \S*{re.escape(suffix)} HTTP/1\.[01]" 200', self.log.read_text()))
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        stop(self.proc)
 
 
 @pytest.fixture(scope="module")
