@@ -35,6 +35,7 @@ class HostResult:
     connections: int = 0
     commands: int = 0
     early_probe: bool = False   # its probe was sent before the engine loaded (fleet.engine.speculation)
+    early_probe_s: float = 0.0  # how long before its run started that probe left (counted in `seconds`)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)

@@ -93,8 +93,10 @@ def run_fleet(plans: dict[str, HostPlan], options: RunOptions, stop: Stop | None
         if name not in results:
             results[name] = HostResult(name, "skipped", error=f"not started: {stop.reason}")
     ordered = {name: results[name] for name in names}
+    # A host served by an early probe began before this function did (fleet.engine.speculation).
+    seconds = max([time.monotonic() - started, *(r.seconds for r in ordered.values())])
     return RunResult(ordered, check=options.check, stopped_reason=stop.reason, interrupted=stop.interrupted,
-                     seconds=time.monotonic() - started)
+                     seconds=seconds)
 
 
 _MAX_FAIL = re.compile(r"(?P<count>[0-9]+)|(?P<percent>[0-9]+(?:\.[0-9]+)?)\s*%")
@@ -135,7 +137,7 @@ def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:
     try:
         conn = connect(plan.host, options.connect)
         conn.open()
-        _converge(plan, options, stop, conn, result)
+        _converge(plan, options, stop, conn, result, started)
     except ConnectionCut as exc:
         result.status, result.error = "unreachable", mask(f"{exc} (output so far: {exc.output.strip()[-300:]})")
     except Unreachable as exc:
@@ -146,11 +148,12 @@ def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:
         if conn:
             result.connections, result.commands = conn.connections, conn.commands
             conn.close()
-        result.seconds = round(time.monotonic() - started, 3)
+        result.seconds = round(time.monotonic() - started + result.early_probe_s, 3)
     return result
 
 
-def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection, result: HostResult) -> None:
+def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection, result: HostResult,
+              started: float) -> None:
     mask = options.masker
     facts_wanted: dict[str, Fact] = {}
     masked: dict[int, tuple[Fact, list[str]]] = {}   # secret files' drift digests: see fleet.engine.drift
@@ -166,7 +169,8 @@ def _converge(plan: HostPlan, options: RunOptions, stop: Stop, conn: Connection,
     script = probe.script()
     early = speculation.current.claim(plan.host, options.connect, script) if speculation.current else None
     if early:   # sent before the engine loaded, and the same script: fleet.engine.speculation
-        probe.nonce, rc, output, logins = early
+        probe.nonce, rc, output, logins, sent = early
+        result.early_probe_s = round(max(0.0, started - sent), 3)   # the host began that much sooner
         conn.commands += 1          # it ran on this host for this run, only sooner
         conn.connections += logins
         result.early_probe = True

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,6 +65,7 @@ class _Early:
     done: threading.Event = field(default_factory=threading.Event)
     answer: tuple[int, str] | None = None
     logins: int = 0                 # new SSH logins it made (a kept connection had died)
+    sent: float = field(default_factory=time.monotonic)   # when it left: the host's run counts from here
 
 
 @dataclass
@@ -73,8 +75,9 @@ class Speculation:
     started: dict[str, _Early] = field(default_factory=dict)
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)   # this run's probes, to store
 
-    def claim(self, host: Any, options: Any, script: str) -> tuple[str, int, str, int] | None:
-        """The early answer to this probe script, as (nonce, exit status, output, logins), if one was sent
+    def claim(self, host: Any, options: Any, script: str) -> tuple[str, int, str, int, float] | None:
+        """The early answer to this probe script, as (nonce, exit status, output, logins, when it was
+        sent: time.monotonic()), if one was sent
         and the script is the same; None: probe now. Records the script for the next run."""
         nonce_line, _, template = script.partition("\n")
         if _can_speculate(host, options):
@@ -88,7 +91,7 @@ class Speculation:
         early.done.wait()
         if early.answer is None:
             return None
-        return early.nonce, *early.answer, early.logins
+        return early.nonce, *early.answer, early.logins, early.sent
 
     def save(self, inventory_source: str, ok_hosts: Sequence[str]) -> None:
         """Remember this run's probes of the hosts that answered, for the same command next time."""

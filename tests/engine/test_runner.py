@@ -84,3 +84,29 @@ def test_a_check_failed_in_the_probe_is_asked_again_with_its_wait(monkeypatch, t
     runner.run_host(plan, RunOptions(connect=ConnectOptions(known_hosts=tmp_path / "kh")), runner.Stop())
     assert len(conn.scripts) == 2, "a no-op whose probe check failed must ask it again, waiting"
     assert "test -e /run/service.ready" in conn.scripts[1]
+
+
+def test_a_host_served_by_an_early_probe_counts_its_time_from_that_probe(monkeypatch, tmp_path):
+    """The recap's "in N s" and each host's seconds start when the probe left, not when the engine
+    had loaded: an early probe sent 2 s before the run is in both (it once read "in 0.0 s")."""
+    import time
+
+    from fleet.engine import runner, speculation
+    from fleet.engine.remote import Probe
+    from fleet.inventory.variables import HostVars
+
+    conn = _Answers()
+    monkeypatch.setattr(runner, "connect", lambda host, options: conn)
+    template = Probe([], []).script().partition("\n")[2]
+    early = speculation._Early(template, "feed01", sent=time.monotonic() - 2.0)
+    early.answer = (0, "\n@@feed01@@ done\n")
+    early.done.set()
+    spec = speculation.Speculation("k", tmp_path)
+    spec.started["h1"] = early
+    monkeypatch.setattr(speculation, "current", spec)
+    plan = HostPlan(Host("h1", "127.0.0.1"), HostVars({}), [])
+    run = run_fleet({"h1": plan}, RunOptions(connect=ConnectOptions(known_hosts=tmp_path / "kh")))
+    host = run.hosts["h1"]
+    assert host.status == "ok" and host.early_probe and conn.scripts == [], "the early answer served the run"
+    assert 2.0 <= host.early_probe_s < 10 and host.seconds >= host.early_probe_s
+    assert run.seconds >= host.seconds

@@ -55,7 +55,8 @@ def test_an_early_answer_is_used_for_the_same_script_only_and_once():
     script = probe.script()
     template = script.partition("\n")[2]
     spec = started(template)
-    assert spec.claim(HOST, options(), script) == ("abc123", 0, "out", 0)
+    sent = spec.started["h1"].sent
+    assert spec.claim(HOST, options(), script) == ("abc123", 0, "out", 0, sent)
     assert spec.claim(HOST, options(), script) is None          # a second task of the command probes anew
     other = started(template + "echo changed\n")
     assert other.claim(HOST, options(), script) is None
