@@ -1,8 +1,8 @@
 """The tree tells the architecture: no import circles in the package (module-level or inside
 functions), no module reaching into another's private names, every module under 400 lines or
 saying at its top why it is longer, every package folder saying in its docstring what lives there,
-and the layers kept (framework, roles, the library face and the cloud, the course layer, the
-command faces: none imports from a layer above its own), and what a role
+and the layers kept (the framework's inventory, transport and engine, roles, the library face and
+the cloud, the course layer, the command faces: none imports from a layer above its own), and what a role
 knows (its unit names, state files, the local address rule) written down by that role alone."""
 from __future__ import annotations
 
@@ -137,7 +137,9 @@ def test_no_module_takes_another_modules_private_names():
 # The layers, lowest first. A module imports only from its own layer or one below; the small
 # helpers (fleet.errors, fleet.atomic, fleet.yamlfile, fleet.shell) sit under all of them.
 LAYERS = [
-    ("framework", ("fleet.engine", "fleet.inventory", "fleet.transport")),  # runs any course's roles
+    ("inventory", ("fleet.inventory",)),                                    # hosts and their variables
+    ("transport", ("fleet.transport",)),                                    # reaching a host, keeping it
+    ("engine", ("fleet.engine",)),                                          # runs any course's roles
     ("roles", ("roles",)),                                                  # what a course installs
     ("library", ("fleet.app", "fleet.aws")),                                # one run; the cloud's API
     ("course", ("fleet.course",)),                                          # report, access, images, work
@@ -166,9 +168,13 @@ def upward_imports(edges: dict[str, set[str]]) -> list[str]:
 
 
 UPWARD_CASES = [  # each the shape of an import the tree once had, or could grow
-    ({"fleet.engine.x": {"roles.jupyter"}}, ["fleet.engine.x -> roles.jupyter (framework -> roles)"]),
+    ({"fleet.engine.x": {"roles.jupyter"}}, ["fleet.engine.x -> roles.jupyter (engine -> roles)"]),
     ({"fleet.inventory.z": {"fleet.course.imaging.builder"}},
-     ["fleet.inventory.z -> fleet.course.imaging.builder (framework -> course)"]),
+     ["fleet.inventory.z -> fleet.course.imaging.builder (inventory -> course)"]),
+    ({"fleet.transport.connection": {"fleet.engine.state"}},   # the keeper's folder, found by the engine's rule
+     ["fleet.transport.connection -> fleet.engine.state (transport -> engine)"]),
+    ({"fleet.inventory.model": {"fleet.transport.base"}},
+     ["fleet.inventory.model -> fleet.transport.base (inventory -> transport)"]),
     ({"fleet.aws.bake": {"fleet.course.imaging.builder"}},   # bake lived in the cloud layer
      ["fleet.aws.bake -> fleet.course.imaging.builder (library -> course)"]),
     ({"fleet.course.access": {"fleet.cli"}}, ["fleet.course.access -> fleet.cli (course -> faces)"]),

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from fleet.engine.facts import Fact
 from fleet.engine.remote import Probe
+from fleet.engine.state import state_dir
 from fleet.inventory.model import Host
 from fleet.transport.base import PARALLEL, ConnectOptions, Unreachable
 from fleet.transport.connection import connect
@@ -29,9 +30,10 @@ def gather(hosts: list[Host], facts: list[Fact] | Callable[[Host], list[Fact]], 
            parallel: int = PARALLEL) -> dict[str, dict[str, Any] | str]:
     """Facts per host, or an error message for a host that could not be read. `facts` may be a
     function of the host, for facts that carry per-host values (a port, a token)."""
+    state = state_dir()
     def one(host: Host) -> dict[str, Any] | str:
         try:
-            conn = connect(host, options)
+            conn = connect(host, options, state)
             conn.open()
             try:
                 probe = Probe(facts(host) if callable(facts) else facts, [])

@@ -24,6 +24,7 @@ from fleet.engine.roles import HostPlan
 from fleet.engine.secrets import Masker
 from fleet.engine.steps import KEPT, File, Outcome
 from fleet.engine.sending import RECEIVE, PackageCaches, shipment
+from fleet.engine.state import state_dir
 from fleet.engine.wheels import WheelsUnavailable
 from fleet.errors import InputError
 from fleet.transport.base import PARALLEL, Connection, ConnectionCut, ConnectOptions, Unreachable
@@ -135,7 +136,7 @@ def run_host(plan: HostPlan, options: RunOptions, stop: Stop) -> HostResult:
     started = time.monotonic()
     conn = None
     try:
-        conn = connect(plan.host, options.connect)
+        conn = connect(plan.host, options.connect, state_dir())
         conn.open()
         _converge(plan, options, stop, conn, result, started)
     except ConnectionCut as exc:

@@ -40,6 +40,7 @@ def _closed_port() -> int:
 def test_the_runner_stops_starting_hosts_past_the_limit(tmp_path, monkeypatch, max_fail, started):
     """Four unreachable hosts (a closed loopback port), one at a time: failures allowed + 1 start."""
     monkeypatch.setenv("FLEET_SSH_PERSIST", "0")
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path))
     port = _closed_port()
     plans = {f"h{i}": HostPlan(Host(f"h{i}", "127.0.0.1", user="ubuntu", port=port), {}, [])
              for i in range(4)}
@@ -78,7 +79,8 @@ def test_a_check_failed_in_the_probe_is_asked_again_with_its_wait(monkeypatch, t
     from fleet.inventory.variables import HostVars
 
     conn = _Answers()
-    monkeypatch.setattr(runner, "connect", lambda host, options: conn)
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(runner, "connect", lambda host, options, state: conn)
     check = Verify("service answers", "test -e /run/service.ready", every_run=True, wait_s=30)
     plan = HostPlan(Host("h1", "127.0.0.1"), HostVars({}), ["r"], verifies=[("r", check)])
     runner.run_host(plan, RunOptions(connect=ConnectOptions(known_hosts=tmp_path / "kh")), runner.Stop())
@@ -96,7 +98,8 @@ def test_a_host_served_by_an_early_probe_counts_its_time_from_that_probe(monkeyp
     from fleet.inventory.variables import HostVars
 
     conn = _Answers()
-    monkeypatch.setattr(runner, "connect", lambda host, options: conn)
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(runner, "connect", lambda host, options, state: conn)
     template = Probe([], []).script().partition("\n")[2]
     early = speculation._Early(template, "feed01", sent=time.monotonic() - 2.0)
     early.answer = (0, "\n@@feed01@@ done\n")

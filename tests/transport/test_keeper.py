@@ -68,10 +68,10 @@ def test_started_on_first_use_private_and_stopped_by_disconnect(state):
 
 
 def test_a_host_that_cannot_be_reached_is_reported_through_the_keeper(state, monkeypatch):
-    monkeypatch.setenv("FLEET_STATE_DIR", str(state))
+    monkeypatch.delenv("FLEET_STATE_DIR", raising=False)   # the keeper's folder is the one given
     host = Host("h1", "127.0.0.1", user="ubuntu", port=_closed_port())
-    conn = connect(host, ConnectOptions(known_hosts=state / "known_hosts", connect_timeout=2))
-    assert isinstance(conn, keeper.KeptConnection)
+    conn = connect(host, ConnectOptions(known_hosts=state / "known_hosts", connect_timeout=2), state)
+    assert isinstance(conn, keeper.KeptConnection) and keeper.socket_path(state).exists()
     with pytest.raises(Unreachable, match=r"h1: cannot connect to 127.0.0.1"):
         conn.open()
     conn.close()
@@ -83,12 +83,12 @@ def test_keeping_off_connects_directly(state, monkeypatch):
 
     monkeypatch.setenv("FLEET_STATE_DIR", str(state))
     monkeypatch.setenv("FLEET_SSH_PERSIST", "0")
-    conn = connect(Host("h1", "127.0.0.1"), ConnectOptions(known_hosts=state / "known_hosts"))
+    conn = connect(Host("h1", "127.0.0.1"), ConnectOptions(known_hosts=state / "known_hosts"), state)
     assert isinstance(conn, SSHConnection)
     assert not keeper.socket_path(state).exists()
     monkeypatch.setenv("FLEET_SSH_PERSIST", "soon")
     with pytest.raises(FleetError, match="FLEET_SSH_PERSIST: expected whole seconds"):
-        connect(Host("h1", "127.0.0.1"), ConnectOptions(known_hosts=state / "known_hosts"))
+        connect(Host("h1", "127.0.0.1"), ConnectOptions(known_hosts=state / "known_hosts"), state)
 
 
 @pytest.mark.parametrize("ending", ["idle", "state folder removed"])

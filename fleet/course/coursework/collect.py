@@ -19,6 +19,7 @@ from fleet.course.coursework import store, wire
 from fleet.course.coursework.targets import Target
 from fleet.course.coursework.unpack import shown, unpack
 from fleet.engine.results import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
+from fleet.engine.state import state_dir
 from fleet.errors import FleetError
 from fleet.transport.base import PARALLEL, ConnectOptions, Unreachable
 from fleet.transport.connection import connect
@@ -41,7 +42,7 @@ class Collected:
 def run_script(target: Target, options: ConnectOptions, params: dict, payload: bytes = b"") -> tuple[int, str, str]:
     """Run hostside.py on the target's host as its course user: (exit status, output, mark)."""
     text, mark = wire.script(target.user, params, payload)
-    conn = connect(target.host, options)
+    conn = connect(target.host, options, state_dir())
     conn.open()
     try:
         rc, output = conn.run_script(text)
